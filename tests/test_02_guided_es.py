@@ -56,7 +56,8 @@ def test_unbiased_on_quadratic(sigma):
     f = lambda x: 0.5 * x @ H @ x + c @ x  # noqa: E731
     U = random_basis(kU, n, k)
     g = jax.vmap(lambda key: ges.guided_es_grad(key, f, x0, U, sigma, alpha, beta, 1))(
-        jax.random.split(kg, N))
+        jax.random.split(kg, N)
+    )
     mean, se = mean_and_se(g)
     expected = beta * sigma_matrix(np.asarray(U, np.float64), alpha) @ np.asarray(H @ x0 + c)
     assert np.all(np.abs(mean - expected) < 4 * se)
@@ -69,7 +70,8 @@ def test_vanilla_es_with_beta_n_is_unbiased():
     true = np.asarray(jax.grad(f)(x0))
     U = jnp.eye(n, 1)
     g = jax.vmap(lambda key: ges.guided_es_grad(key, f, x0, U, 0.3, 1.0, float(n), 1))(
-        jax.random.split(jax.random.key(4), N))
+        jax.random.split(jax.random.key(4), N)
+    )
     mean, se = mean_and_se(g)
     assert np.all(np.abs(mean - true) < 4 * se)
 
@@ -84,7 +86,8 @@ def test_smoothed_gradient_identity_on_quartic():
     x = np.asarray(x0, np.float64)
     for sigma in (1.0, 0.3):
         g = jax.vmap(lambda key: ges.guided_es_grad(key, f, x0, U, sigma, alpha, beta, 1))(
-            jax.random.split(jax.random.key(6), N))
+            jax.random.split(jax.random.key(6), N)
+        )
         mean, se = mean_and_se(g)
         smoothed = beta * S @ (4 * x**3 + 12 * x * np.diag(sigma**2 * S))
         assert np.all(np.abs(mean - smoothed) / se < 4)
@@ -108,9 +111,11 @@ def test_monte_carlo_error_matches_closed_form(num_pairs):
     h = jnp.zeros(n).at[0].set(np.sqrt(rho2)).at[k].set(np.sqrt(1 - rho2))
     closed, mc = [], []
     for alpha in (0.0, 0.25, 0.5, 0.75, 1.0):
-        g = jax.vmap(lambda key: ges.guided_es_grad(key, lambda x: x @ h, jnp.zeros(n), U, 1.0,
-                                                    alpha, beta, num_pairs))(
-            jax.random.split(jax.random.key(9), N))
+        g = jax.vmap(
+            lambda key: ges.guided_es_grad(
+                key, lambda x: x @ h, jnp.zeros(n), U, 1.0, alpha, beta, num_pairs
+            )
+        )(jax.random.split(jax.random.key(9), N))
         err, se = mean_and_se(jnp.sum((g - h) ** 2, 1))
         mc.append((err, se))
         closed.append(float(ges.expected_error(alpha, beta, rho2, n, k, num_pairs)))
@@ -123,7 +128,9 @@ def test_mc_error_at_optimal_beta():
     n, k, P, rho2 = 100, 5, 10, 0.4
     for alpha in (0.0, 1.0):
         mc = float(ges.mc_error(jax.random.key(10), alpha, rho2, n, k, P, 10_000))
-        closed = float(ges.expected_error(alpha, ges.optimal_beta(alpha, rho2, n, k, P), rho2, n, k, P))
+        closed = float(
+            ges.expected_error(alpha, ges.optimal_beta(alpha, rho2, n, k, P), rho2, n, k, P)
+        )
         assert abs(mc / closed - 1) < 0.03
 
 
@@ -155,8 +162,9 @@ def test_optimal_alpha_against_dense_grid_and_regimes():
 def test_zero_surrogate_gives_no_nan():
     U = ges.orthonormal_basis(jnp.zeros((20, 1)))
     assert np.all(np.isfinite(U))
-    g = ges.guided_es_grad(jax.random.key(11), lambda x: jnp.sum(x**2), jnp.ones(20), U, 0.1, 0.5,
-                           2.0, 1)
+    g = ges.guided_es_grad(
+        jax.random.key(11), lambda x: jnp.sum(x**2), jnp.ones(20), U, 0.1, 0.5, 2.0, 1
+    )
     assert np.all(np.isfinite(g))
 
 
@@ -171,8 +179,11 @@ def test_hand_written_gradient_and_check_grads():
         np.testing.assert_allclose(g, jax.grad(ges.loss)(x, prob), rtol=1e-10)
         # the residual form of the gap equals f(x) - f(x*)
         x_star = jnp.linalg.lstsq(prob["A"], prob["b"])[0]
-        np.testing.assert_allclose(ges.gap(ges.residual(x, prob), prob),
-                                   ges.loss(x, prob) - ges.loss(x_star, prob), rtol=1e-8)
+        np.testing.assert_allclose(
+            ges.gap(ges.residual(x, prob), prob),
+            ges.loss(x, prob) - ges.loss(x_star, prob),
+            rtol=1e-8,
+        )
 
 
 SMALL = ges.Config(n=20, m=40, steps=60, chunks=3)
@@ -216,8 +227,11 @@ def test_race_guided_es_beats_both_baselines():
     keys = jax.random.split(jax.random.key(0), 3)
     probs = jax.jit(jax.vmap(ges.make_data, in_axes=(0, None)), static_argnums=1)(keys, cfg)
     final = {}
-    for method, (lr, alpha, beta) in {"sgd": (cfg.lr_sgd, 1.0, 1.0), "es": (cfg.lr_es, 1.0, 1.0),
-                                      "ges": (cfg.lr, cfg.alpha, cfg.beta)}.items():
+    for method, (lr, alpha, beta) in {
+        "sgd": (cfg.lr_sgd, 1.0, 1.0),
+        "es": (cfg.lr_es, 1.0, 1.0),
+        "ges": (cfg.lr, cfg.alpha, cfg.beta),
+    }.items():
         hp = dict(lr=jnp.array([lr]), alpha=jnp.array([alpha]), beta=jnp.array([beta]))
         final[method] = ges.race(cfg, method, keys, probs, hp, method, 0.0)[0][0]
     med = {m: np.median(g, axis=0) for m, g in final.items()}
@@ -240,10 +254,17 @@ def test_quick_main_writes_results(tmp_path):
         assert key in saved
 
 
-@pytest.mark.parametrize("argv, allowed", [
-    (["--alpha", "1.5"], "[0, 1]"), (["--sigma", "0"], "> 0"), (["--steps", "-3"], "> 0"),
-    (["--seeds", "0"], "> 0"), (["--bogus"], "unrecognized"), (["--k", "100", "--quick"], "below n"),
-])
+@pytest.mark.parametrize(
+    "argv, allowed",
+    [
+        (["--alpha", "1.5"], "[0, 1]"),
+        (["--sigma", "0"], "> 0"),
+        (["--steps", "-3"], "> 0"),
+        (["--seeds", "0"], "> 0"),
+        (["--bogus"], "unrecognized"),
+        (["--k", "100", "--quick"], "below n"),
+    ],
+)
 def test_bad_input_is_refused(argv, allowed, capsys):
     with pytest.raises(SystemExit) as e:
         ges.main(argv)
