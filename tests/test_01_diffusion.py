@@ -1,0 +1,324 @@
+"""Tests for 01_diffusion.py: the forward process, posteriors and KLs against independent closed
+forms or Monte Carlo, the bound K against exact log-likelihoods of linear-Gaussian chains, the
+binomial variant, gradients, and the script's command line. Thresholds come from the maths (a
+few standard errors) or from the paper's claims, never from what the code happened to print."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load
+from jax.test_util import check_grads
+
+m = load("01_diffusion")
+LOG2PIE = np.log(2 * np.pi * np.e)
+
+
+def f64_betas(**kw):
+    with jax.enable_x64(True):
+        return np.asarray(m.gaussian_betas(m.Config(**kw)), np.float64)
+
+
+def within(mc, se, target, k=4.0):
+    return abs(float(mc) - float(target)) < k * float(se)
+
+
+def test_forward_marginal_by_iterating_the_kernel():
+    """x^t from t kernel steps has mean √ᾱ_t x⁰ and variance 1 − ᾱ_t (β is a variance, not a std)."""
+    betas, n, x0 = m.gaussian_betas(m.Config(beta1=1e-3)), 100_000, 1.5
+    x, key = jnp.full((n,), x0), jax.random.key(0)
+    om = np.asarray(m.one_minus_alpha_bar(betas), np.float64)
+    for t in range(1, 41):
+        key, sub = jax.random.split(key)
+        x = jnp.sqrt(1 - betas[t - 1]) * x + jnp.sqrt(betas[t - 1]) * jax.random.normal(sub, (n,))
+        if t in (1, 5, 20, 40):
+            mean, var = np.sqrt(1 - om[t]) * x0, om[t]
+            assert within(x.mean(), np.sqrt(var / n), mean)
+            assert within(x.var(), var * np.sqrt(2 / n), var)
+            xq = m.q_sample(jax.random.key(t), jnp.full((n,), x0), t, betas)  # the closed form
+            assert within(xq.mean(), np.sqrt(var / n), mean)
+            assert within(xq.var(), var * np.sqrt(2 / n), var)
+    assert abs(om[40] - (1 - np.prod(1 - np.asarray(betas, np.float64)))) < 1e-6
+    assert om[0] == 0 and om[40] > 0.95  # xᵀ is close to π = N(0, I)
+
+
+def test_posterior_equals_gaussian_conditioning_and_precision_form():
+    with jax.enable_x64(True):
+        betas = m.gaussian_betas(m.Config(beta1=1e-4))
+        om = np.asarray(m.one_minus_alpha_bar(betas))
+        x0, xt = np.array([0.3, -1.2]), np.array([1.1, 0.4])
+        for t in (2, 3, 20, 40):
+            mean, var = m.gaussian_posterior(jnp.asarray(x0), jnp.asarray(xt), t, betas)
+            b = float(betas[t - 1])
+            # joint of (x^{t-1}, x^t) given x⁰, built from the two kernels, then conditioned
+            m_prev, v_prev = np.sqrt(1 - om[t - 1]) * x0, om[t - 1]
+            cov, v_t = np.sqrt(1 - b) * v_prev, (1 - b) * v_prev + b
+            np.testing.assert_allclose(v_t, om[t], rtol=1e-12)
+            np.testing.assert_allclose(mean, m_prev + cov / v_t * (xt - np.sqrt(1 - b) * m_prev),
+                                       rtol=1e-10)
+            np.testing.assert_allclose(var, v_prev - cov**2 / v_t, rtol=1e-10)
+            lam = 1 / om[t - 1] + (1 - b) / b  # the authors' precision form
+            np.testing.assert_allclose(var, 1 / lam, rtol=1e-10)
+            np.testing.assert_allclose(
+                mean, (np.sqrt(1 - om[t - 1]) * x0 / om[t - 1] + np.sqrt(1 - b) * xt / b) / lam,
+                rtol=1e-10)
+
+
+def test_gaussian_kl_against_monte_carlo():
+    mu_q, var_q, mu_p, var_p, n = 0.3, 0.5, -0.4, 1.7, 1_000_000
+    x = mu_q + np.sqrt(var_q) * np.random.default_rng(0).standard_normal(n)
+    log_ratio = (-0.5 * np.log(var_q) - (x - mu_q) ** 2 / (2 * var_q)
+                 + 0.5 * np.log(var_p) + (x - mu_p) ** 2 / (2 * var_p))
+    kl = float(m.gaussian_kl(mu_q, var_q, mu_p, var_p))
+    assert within(log_ratio.mean(), log_ratio.std() / np.sqrt(n), kl)
+    assert abs(float(m.gaussian_kl(0.7, 0.2, 0.7, 0.2))) < 1e-7
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(1), 4)
+    r = lambda k: jax.random.normal(k, (1000,))  # noqa: E731
+    assert np.all(m.gaussian_kl(r(k1), jnp.exp(r(k2)), r(k3), jnp.exp(r(k4))) >= -1e-6)
+
+
+# -- the bound K: closed forms for 1-D data N(mu, var) and linear-Gaussian reverse kernels
+# p(x^{t-1}|x^t) = N(a_t x^t + b_t, v_t), written independently of the script
+
+
+def exact_K(betas, a, b, v, mu, var):
+    """Eq. 14 in nats, every expectation in closed form (all quantities linear-Gaussian)."""
+    ab = np.cumprod(1 - betas)
+    total = 0.0
+    for t in range(2, len(betas) + 1):
+        bt, at, ap = betas[t - 1], ab[t - 1], ab[t - 2]
+        A, B = np.sqrt(ap) * bt / (1 - at), np.sqrt(1 - bt) * (1 - ap) / (1 - at)
+        var_q, c1, c2 = bt * (1 - ap) / (1 - at), A + (B - a[t - 1]) * np.sqrt(at), B - a[t - 1]
+        mse = c1**2 * (var + mu**2) - 2 * c1 * b[t - 1] * mu + b[t - 1] ** 2 + c2**2 * (1 - at)
+        total += 0.5 * (np.log(v[t - 1] / var_q) + (var_q + mse) / v[t - 1] - 1)
+    return -total + 0.5 * (np.log(2 * np.pi * np.e * (1 - ab[-1])) - np.log(2 * np.pi * np.e
+                                                                           * betas[0]) - LOG2PIE)
+
+
+def exact_L(betas, a, b, v, mu, var):
+    """E log p(x⁰): propagate the Gaussian marginal from π down the chain, then the fixed step."""
+    mm, s = 0.0, 1.0
+    for t in range(len(betas), 1, -1):
+        mm, s = a[t - 1] * mm + b[t - 1], a[t - 1] ** 2 * s + v[t - 1]
+    mm, s = np.sqrt(1 - betas[0]) * mm, (1 - betas[0]) * s + betas[0]
+    return -0.5 * np.log(2 * np.pi * s) - ((mu - mm) ** 2 + var) / (2 * s)
+
+
+def optimal_kernels(betas, mu, var):
+    """The true reverse conditionals q(x^{t-1}|x^t) for data N(mu, var)."""
+    ab = np.cumprod(1 - betas)
+    M = np.concatenate([[mu], np.sqrt(ab) * mu])
+    V = np.concatenate([[var], ab * var + 1 - ab])
+    a = np.sqrt(1 - betas) * V[:-1] / V[1:]
+    return a, M[:-1] - a * M[1:], V[:-1] - (1 - betas) * V[:-1] ** 2 / V[1:]
+
+
+def script_K(betas, a, b, v, x0, key=2):
+    """The script's Monte Carlo K (per point, nats) with a linear-Gaussian reverse kernel."""
+    A, B, V = (jnp.asarray(z, jnp.float32)[:, None, None] for z in (a, b, v))
+    reverse = lambda xt, ts: (A[ts - 2] * xt + B[ts - 2], jnp.broadcast_to(V[ts - 2], xt.shape))  # noqa
+    return jax.jit(lambda k, x: m.gaussian_K(k, x, jnp.asarray(betas, jnp.float32), reverse))(
+        jax.random.key(key), x0)
+
+
+def pad(z):  # kernels indexed by t = 1..T; script_K takes t = 2..T
+    return z[1:]
+
+
+def test_null_model_identity():
+    """N(0, I) data and the reverse kernel = forward form: K = −(d/2) log 2πe exactly."""
+    betas = f64_betas(beta1=1e-3)
+    null = (np.sqrt(1 - betas), np.zeros(40), betas)
+    np.testing.assert_allclose(exact_K(betas, *null, 0.0, 1.0), -0.5 * LOG2PIE, rtol=1e-12)
+    np.testing.assert_allclose(exact_L(betas, *null, 0.0, 1.0), -0.5 * LOG2PIE, rtol=1e-12)
+    x0 = jax.random.normal(jax.random.key(3), (50_000, 2))
+    K = script_K(betas, *map(pad, null), x0)
+    assert within(K.mean(), K.std() / np.sqrt(K.size), -LOG2PIE)  # d = 2
+
+
+def test_bound_holds_and_is_tight_for_linear_gaussian_chains():
+    betas, mu, var = f64_betas(beta1=1e-3), 0.6, 0.64  # unit second moment: 0.36 + 0.64
+    rng = np.random.default_rng(4)
+    for _ in range(3):  # random kernels: K ≤ L (far below)
+        a, b = 1 + 0.3 * rng.standard_normal(40), 0.3 * rng.standard_normal(40)
+        v = betas * np.exp(rng.standard_normal(40))
+        assert exact_K(betas, a, b, v, mu, var) < exact_L(betas, a, b, v, mu, var)
+    opt, null = optimal_kernels(betas, mu, var), (np.sqrt(1 - betas), np.zeros(40), betas)
+    K, L = exact_K(betas, *opt, mu, var), exact_L(betas, *opt, mu, var)
+    K_null, L_null = exact_K(betas, *null, mu, var), exact_L(betas, *null, mu, var)
+    # at the true reverse conditionals only the fixed last step and q(xᵀ) ≠ π leave a gap,
+    # O(β₁ + ᾱ_T²) ~ 1e-3 nats, small against what they gain over the null model (0.22 nats)
+    assert 0 <= L - K < 3e-3 and K - K_null > 0.2
+    assert abs(L_null - K_null) < 1e-10  # the null chain is reversible: no Jensen gap at all
+    # the script's Monte Carlo K agrees with the closed form for both kernels
+    x0 = mu + np.sqrt(var) * jax.random.normal(jax.random.key(5), (100_000, 1))
+    for kernels in (opt, null):
+        Kmc = script_K(betas, *map(pad, kernels), x0)
+        assert within(Kmc.mean(), Kmc.std() / np.sqrt(Kmc.size), exact_K(betas, *kernels, mu, var))
+
+
+def test_eq14_needs_unit_second_moment():
+    """Data N(0, 9), null kernel: eq. 14 exceeds the true log-likelihood; eq. 12 (eq. 14 minus
+    ½(β₁ + ᾱ_T)(E x² − d)) does not. For the null chain the Jensen gap is 0, so eq. 12 = L."""
+    betas = f64_betas(beta1=1e-3)
+    null = (np.sqrt(1 - betas), np.zeros(40), betas)
+    K14, L = exact_K(betas, *null, 0.0, 9.0), exact_L(betas, *null, 0.0, 9.0)
+    np.testing.assert_allclose(L, -0.5 * np.log(2 * np.pi) - 4.5, rtol=1e-12)
+    correction = -0.5 * (betas[0] + np.prod(1 - betas)) * (9.0 - 1.0)
+    assert K14 > L + 0.02  # not a bound any more
+    np.testing.assert_allclose(K14 + correction, L, rtol=1e-10)
+    x0 = 3.0 * jax.random.normal(jax.random.key(6), (200_000, 1))
+    K = script_K(betas, *map(pad, null), x0)
+    assert within(K.mean(), K.std() / np.sqrt(K.size), K14)
+    # the script standardizes its data exactly: E|x⁰|² = d = 2
+    x = np.asarray(m.make_swiss_roll(jax.random.key(7), 400_000, m.Config()), np.float64)
+    assert within(np.sum(x**2, 1).mean(), np.sum(x**2, 1).std() / np.sqrt(len(x)), 2.0)
+
+
+def test_bits_conversion_reproduces_table_1():
+    assert abs(m.L_null_bits(2) + 4.094) < 1e-3
+    assert abs(2.35 - m.L_null_bits(2) - 6.45) < 0.01  # swiss roll row
+    assert abs(-0.55 - m.L_null_bits(1) - 1.50) < 0.01  # bark, per pixel
+    assert abs(1.489 - m.L_null_bits(1) - 3.536) < 1e-3  # dead leaves, per pixel
+    assert abs(5.4 - 3 * m.L_null_bits(1) - 11.5) < 0.05  # CIFAR-10, 3 colours per pixel
+
+
+def test_ceiling_matches_the_arc_length_formula():
+    """E log q(x¹) ≈ E log p_arc − ½ log 2πeβ₁ for a thin noiseless roll (codimension 1)."""
+    cfg = m.Config()
+    a, b = cfg.phi_lo, cfg.phi_hi
+    s = np.sqrt(2 / ((a * a + a * b + b * b) / 3))
+    phi = np.linspace(a, b, 100_001)
+    e_log_arc = np.mean(-np.log((b - a) * s * np.sqrt(1 + phi**2)))
+    approx = (e_log_arc - 0.5 * np.log(2 * np.pi * np.e * cfg.beta1)) / np.log(2)
+    mean, se = jax.jit(m.roll_ceiling, static_argnums=(1, 2))(jax.random.key(8), cfg, 2000)
+    assert within(mean, se, approx)
+    lo, up = m.entropy_bounds(m.gaussian_betas(cfg))  # eq. 24: a non-empty interval
+    assert np.all(lo <= up) and np.all(np.isfinite(lo))
+
+
+# -- binomial diffusion
+
+
+def test_binomial_forward_marginal_and_posterior():
+    T, p, n = 50, 0.2, 200_000
+    x0 = (jnp.arange(n) % 2).astype(jnp.float32)  # half ones, half zeros
+    x, key = x0, jax.random.key(9)
+    for t in range(1, T + 1):  # iterate q(xᵗ = 1|xᵗ⁻¹) = xᵗ⁻¹(1 − β_t) + pβ_t
+        key, sub = jax.random.split(key)
+        x = jax.random.bernoulli(sub, x * (1 - 1 / (T - t + 1)) + p / (T - t + 1)).astype(
+            jnp.float32)
+        if t in (1, 10, 25, T):
+            for v in (0.0, 1.0):
+                r = float(m.binomial_rate(v, t, T, p))
+                assert within(x[x0 == v].mean(), np.sqrt(r * (1 - r) / (n / 2)), r)
+    assert float(m.binomial_rate(1.0, T, T, p)) == pytest.approx(p)  # xᵀ independent of x⁰
+    for t in (2, 3, 25, T):  # brute-force Bayes over x^{t-1} ∈ {0, 1}
+        beta = 1 / (T - t + 1)
+        for v0 in (0.0, 1.0):
+            for vt in (0.0, 1.0):
+                prior1 = v0 * (1 - (t - 1) / T) + p * (t - 1) / T
+                lik = lambda prev: (prev * (1 - beta) + p * beta) if vt else 1 - (  # noqa: E731
+                    prev * (1 - beta) + p * beta)
+                want = prior1 * lik(1) / (prior1 * lik(1) + (1 - prior1) * lik(0))
+                got = float(m.binomial_posterior(jnp.float32(v0), jnp.float32(vt), t, T, p))
+                assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+def test_binomial_null_model_identity():
+    """iid B(p) data and f_b = xᵗ(1 − β_t) + pβ_t (the π-reversal): K = L_null exactly."""
+    cfg = m.Config(T_bin=100)
+    x0 = jax.random.bernoulli(jax.random.key(10), cfg.p, (2000, cfg.seq_len)).astype(jnp.float32)
+    null = lambda xt, t: xt * (1 - 1 / (cfg.T_bin - t[..., None] + 1)) + cfg.p / (  # noqa: E731
+        cfg.T_bin - t[..., None] + 1)
+    K = jax.jit(lambda k: m.binomial_K(k, x0, null, cfg))(jax.random.key(11))
+    L_null = cfg.seq_len * (cfg.p * np.log(cfg.p) + (1 - cfg.p) * np.log(1 - cfg.p))
+    assert within(K.mean(), K.std() / np.sqrt(K.size), L_null)
+    # the untrained network is this null model
+    params = m.init_mlp(jax.random.key(12), cfg)
+    xt = jax.random.bernoulli(jax.random.key(13), 0.3, (7, cfg.seq_len)).astype(jnp.float32)
+    t = jnp.arange(2, 9)
+    np.testing.assert_allclose(m.mlp_reverse(params, xt, t, cfg), null(xt, t), rtol=1e-5)
+
+
+# -- gradients, determinism, clamping
+
+
+def test_check_grads_of_both_losses():
+    with jax.enable_x64(True):
+        cfg = m.Config(T=6, hidden=3, roll_batch=4, T_bin=20, width=4, bumps=3, beat_batch=4)
+        f64 = lambda tree, k: jax.tree_util.tree_map(  # noqa: E731
+            lambda a: a.astype(jnp.float64) + 0.1 * jax.random.normal(k, a.shape), tree)
+        roll = f64(m.init_rbf(jax.random.key(14), cfg), jax.random.key(15))
+        check_grads(jax.jit(lambda p: m.roll_loss(cfg)(p, jax.random.key(16))), (roll,), order=1,
+                    modes=["rev"])
+        beat = f64(m.init_mlp(jax.random.key(17), cfg), jax.random.key(18))
+        check_grads(jax.jit(lambda p: m.beat_loss(cfg)(p, jax.random.key(19))), (beat,), order=1,
+                    modes=["rev"])
+
+
+def test_jit_matches_eager_and_same_key_same_K():
+    cfg = m.Config(hidden=8, roll_batch=16)
+    params = m.init_rbf(jax.random.key(20), cfg)
+    params = dict(params, W=0.1 * jax.random.normal(jax.random.key(21), params["W"].shape))
+    loss = m.roll_loss(cfg)
+    eager, jitted = loss(params, jax.random.key(22)), jax.jit(loss)(params, jax.random.key(22))
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5)
+    assert float(loss(params, jax.random.key(23))) != float(eager)
+
+
+def test_clamped_coordinates_stay_exact():
+    cfg = m.Config(T=10, T_bin=20)
+    betas, n = m.gaussian_betas(cfg), 64
+    mask = jnp.zeros((n, 2), bool).at[:, 0].set(True)
+    x0 = m.sample_gaussian(jax.random.key(24), m.init_rbf(jax.random.key(25), cfg), betas, mask,
+                           jnp.full((n, 2), 0.5))[0]
+    assert np.all(x0[:, 0] == 0.5) and np.std(np.asarray(x0[:, 1])) > 0.1
+    target = m.heartbeat(jnp.array(2), cfg)
+    mask = jnp.zeros((n, cfg.seq_len), bool).at[:, :5].set(True)
+    x = m.sample_binary(jax.random.key(26), m.init_mlp(jax.random.key(27), cfg), cfg, mask,
+                        jnp.broadcast_to(target, mask.shape))
+    assert np.all(x[:, :5] == target[:5])
+    assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+
+
+# -- the script
+
+
+def test_quick_main_learns_and_writes_results(tmp_path):
+    record = m.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "01_diffusion.json").read_text())
+    assert (tmp_path / "01_diffusion.png").stat().st_size > 10_000
+    met = saved["metrics"]
+    for name in ("K_bits_swiss_roll", "K_bits_heartbeat", "valid_fraction_heartbeat"):
+        assert name in met and len(met[name]["per_seed"]) == 3
+    assert all(np.isfinite(v["mean"]) for v in met.values())
+    for key in ("paper", "config", "paper_values", "compile_s", "run_s", "env", "created_utc"):
+        assert key in saved
+    K_roll, K_beat = np.array(met["K_bits_swiss_roll"]["per_seed"]), met["K_bits_heartbeat"]["mean"]
+    # learning: > 4 bits above the null model on the roll (L_null = −4.09), > 8 on the heartbeat
+    # (L_null = −14.44 bits/seq; its structure is worth 12.1 bits)
+    assert np.all(K_roll - m.L_null_bits(2) > 4) and K_beat > -14.44 + 8
+    # Table 1's accounting, and the heartbeat's L_null with π = B(0.2)
+    assert met["K_minus_L_null_heartbeat"]["mean"] - K_beat == pytest.approx(14.439, abs=1e-3)
+    # K is a lower bound: never above the ceiling E log q(x¹), nor above the true log₂(1/5)
+    ceiling = met["ceiling_bits_swiss_roll"]["mean"]
+    se_ceiling = 0.05  # ≈ its standard error with the quick n_test = 1000 points
+    assert np.all(K_roll < ceiling + 4 * np.hypot(met["K_se_swiss_roll"]["per_seed"], se_ceiling))
+    assert np.all(np.array(met["K_bits_heartbeat"]["per_seed"]) < np.log2(1 / 5))
+    # the null model makes a valid heartbeat with probability 5·0.2⁴·0.8¹⁶ ≈ 2e-4
+    assert met["valid_fraction_heartbeat"]["mean"] > 0.5
+    assert record["metrics"] == saved["metrics"]
+
+
+@pytest.mark.parametrize("argv, allowed", [
+    (["--beta1", "0.7"], "(0, 0.5)"), (["--beta1", "nan"], "(0, 0.5)"), (["--hidden", "0"], "> 0"),
+    (["--seeds", "0"], "> 0"), (["--bogus"], "unrecognized"),
+])
+def test_bad_input_is_refused(argv, allowed, capsys):
+    with pytest.raises(SystemExit) as e:
+        m.main(argv)
+    assert e.value.code == 2
+    assert allowed in capsys.readouterr().err
