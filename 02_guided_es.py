@@ -457,8 +457,8 @@ def make_figure(cfg, curves, final, mc) -> plt.Figure:
         ax[2].plot(mc["alphas"], mc["monte_carlo"][j], "o", color=f"C{j}", ms=4)
         ax[2].axvline(mc["alpha_star"][j], color=f"C{j}", ls=":", lw=1)
     ax[2].set(xlabel="α", ylabel="E|g − ∇f|² / |∇f|²  at β*(α)")
-    ax[2].set_title(f"Error of g: dots Monte Carlo, dotted α* (n={cfg.n_mc}, k={cfg.k_mc}, "
-                    f"P={cfg.pairs_mc})")  # fmt: skip
+    ax[2].set_title(f"Error of g (n={cfg.n_mc}, k={cfg.k_mc}, P={cfg.pairs_mc})\n"
+                    "lines: closed form, dots: Monte Carlo, dotted: α*")  # fmt: skip
     ax[2].legend(fontsize=7)
     fig.tight_layout()
     return fig
