@@ -17,21 +17,20 @@
 #
 # Wichrowska, Maheswaranathan, Hoffman, Gomez Colmenarejo, Denil, de Freitas, Sohl-Dickstein,
 # *Learned Optimizers that Scale and Generalize*, ICML 2017,
-# [arXiv:1703.04813](https://arxiv.org/abs/1703.04813); and Maheswaranathan, Sussillo, Metz,
-# Sun, Sohl-Dickstein, *Reverse engineering learned optimizers reveals known and novel
-# mechanisms*, NeurIPS 2021, [arXiv:2011.02159](https://arxiv.org/abs/2011.02159).
+# [arXiv:1703.04813](https://arxiv.org/abs/1703.04813); and Maheswaranathan, Sussillo, Metz, Sun,
+# Sohl-Dickstein, *Reverse engineering learned optimizers reveals known and novel mechanisms*,
+# NeurIPS 2021, [arXiv:2011.02159](https://arxiv.org/abs/2011.02159).
 #
-# An optimizer can be a neural network, meta-trained so that what it optimizes goes down fast.
-# You will build the 2017 optimizer (GRUs per parameter, per tensor and per problem, talking
-# through means and gate biases; scale-free inputs; a normalised direction times a learned
-# step), meta-train it by truncated backprop on small problems behind one `lax.switch`, race it
-# against Adam over a grid of learning rates, and then, as in 2021, open a simpler learned
-# optimizer to find momentum, clipping and a schedule in its dynamics. Run
-# `python 03_hierarchical_rnn_opt.py` (about 10 min on 2 idle CPU cores) or `--quick`.
-# Expected (3 seeds): the learned optimizer beats its untrained self by ≈ 4.6 nats of mean log
-# loss ratio and Adam at lr 1e-3 by ≈ 5.3, but reaches only ≈ 0.56 of tuned Adam's score (the
-# issue's target is 0.7) and stalls past its trained horizon; the GRU optimizer's slowest mode
-# (|λ1| ≈ 0.86, α1 ≈ 3.7) sits at the optimal heavy ball (0.88, 3.76), and it clips (≈ 16%).
+# An optimizer can be a neural network, meta-trained so that what it optimizes goes down fast. You
+# will build the 2017 one (GRUs per parameter, tensor and problem, linked by means and gate biases;
+# scale-free inputs; a normalised direction times a learned step), meta-train it on small problems
+# behind one `lax.switch`, race it against Adam's learning-rate grid, then, as in 2021, find
+# momentum, clipping and a schedule in a simpler learned optimizer's dynamics. Run
+# `python 03_hierarchical_rnn_opt.py` (≈ 10 min, 2 idle CPU cores) or `--quick`. Expected (3 seeds):
+# it beats its untrained self by ≈ 4.6 nats of mean log loss ratio and Adam at lr 1e-3 by ≈ 5.3, but
+# reaches only ≈ 0.56 of tuned Adam's score (target 0.7) and stalls past its trained horizon; the
+# GRU optimizer's slowest mode (|λ1| ≈ 0.86, α1 ≈ 3.7) sits at the optimal heavy ball (0.88, 3.76),
+# and it clips (≈ 16%).
 
 # %%
 import time
@@ -46,13 +45,10 @@ from jax import lax
 import utils
 
 
-# %% [markdown]
-# ## Configuration ("code": the released TF code, `research/learned_optimizer`, metarun)
-
-
 # %%
 @dataclass(frozen=True)
 class Config:
+    """Defaults; "code" is the released TF code (`research/learned_optimizer`, metarun)."""
     K: int = 3  # timescales of gradient averaging (code: 4)
     H0: int = 10  # per-parameter GRU width (code: 10)
     H1: int = 20  # per-tensor GRU width (code: 20; the paper text may say 30, unverified)
@@ -90,11 +86,10 @@ QUICK = dict(meta_steps=300, eval_per_family=4, long_factor=2, ablation=False,
 
 # %% [markdown]
 # ## The problems: four families, one flat parameter vector
-# Every instance is a function of the same $\theta\in\mathbb{R}^{36}$, cut into four "tensors"
-# as the weights of an MLP 3-7-1. One `lax.switch` on the family index picks the loss, so all
-# families share one compiled meta-step: a quadratic $\frac1{2M}\lVert A(\theta-\theta^*)
-# \rVert^2$ (A: 64×36 Gaussian); Rosenbrock, Booth or Matyas on coordinate pairs; logistic
-# regression on 64 points from a noisy linear teacher; regression onto a random teacher MLP.
+# Every instance is a function of the same $\theta\in\mathbb{R}^{36}$, cut into four "tensors" as
+# the weights of an MLP 3-7-1; one `lax.switch` on the family index picks the loss, so all families
+# share one compiled meta-step: a quadratic $\frac1{2M}\lVert A(\theta-\theta^*)\rVert^2$,
+# Rosenbrock, Booth or Matyas on pairs, logistic regression, or regression onto a teacher MLP.
 
 
 # %%
@@ -110,8 +105,7 @@ def mlp(theta, X, cfg):
 
 def make_problem(key, kind, cfg: Config) -> dict:
     """One instance of family `kind` (a traced int): data, teacher and initial point θ0."""
-    n = len(layout(cfg))
-    kA, kt, k0, kn, kw = jax.random.split(key, 5)
+    n, (kA, kt, k0, kn, kw) = len(layout(cfg)), jax.random.split(key, 5)
     A = jax.random.normal(kA, (cfg.n_data, n))
     target, z = jax.random.normal(kt, (n,)), jax.random.normal(k0, (n,))
     theta0 = jnp.stack([z, jax.random.uniform(k0, (n,), minval=-2, maxval=2), 0.1 * z, 0.5 * z])
@@ -146,17 +140,15 @@ def loss(theta, prob, cfg: Config):
 # coordinate, per tensor τ and per problem; means go up, the level above comes down as a bias:
 #
 # $$h^0_i{}' = \mathrm{GRU}_0(x_i, h^0_i;\ A_{10}h^1_\tau + A_{20}h^2),\quad
-#   h^1_\tau{}' = \mathrm{GRU}_1(\mathrm{mean}_{i\in\tau}[h^0_i{}', x_i], h^1_\tau;\
-#   A_{21}h^2),\quad
-#   h^2{}' = \mathrm{GRU}_2(\mathrm{mean}_\tau h^1_\tau{}', h^2).$$
+#   h^1_\tau{}' = \mathrm{GRU}_1(\mathrm{mean}_{i\in\tau}[h^0_i{}', x_i], h^1_\tau;\ A_{21}h^2),
+#   \quad h^2{}' = \mathrm{GRU}_2(\mathrm{mean}_\tau h^1_\tau{}', h^2).$$
 #
 # **Outputs**: a direction with a gradient shortcut, unit RMS per tensor; a log step size with
 # momentum μ and a straight-through clip:
 #
-# $$d_i = w_u\!\cdot\! h^0_i + w_s\!\cdot\! s_i,\ \ \hat d_i = \frac{d_i}{\mathrm{rms}_\tau(d)},\ \
-#   \tilde l_i = \mathrm{clip}(\log\eta_i + w_\eta\!\cdot\! h^0_i + b_\eta),\ \
-#   \theta_i \leftarrow \theta_i - e^{\tilde l_i + c}\hat d_i,\ \
-#   \log\eta_i \leftarrow \mu\log\eta_i + (1-\mu)\tilde l_i.$$
+# $$d_i = w_u\cdot h^0_i + w_s\cdot s_i,\ \ \hat d_i = d_i/\mathrm{rms}_\tau(d),\ \ \tilde l_i =
+#   \mathrm{clip}(\log\eta_i + w_\eta\cdot h^0_i + b_\eta),\ \ \theta_i \leftarrow \theta_i -
+#   e^{\tilde l_i + c}\hat d_i,\ \ \log\eta_i \leftarrow \mu\log\eta_i + (1-\mu)\tilde l_i.$$
 #
 # > With $w_u = 0$, $w_s = (1, 0, …)$ this is sign-SGD (sign of momentum if β is kept) whatever
 # > the GRUs do; $w_s$ starts at 1/K: the untrained optimizer is already sign/Adam-like.
@@ -176,8 +168,7 @@ def init_gru(key, n_in: int, n_h: int, gate_bias: float = 2.2) -> dict:
 
 def gru(p, x, h, bias=0.0):
     """GRU in TF's convention, h' = u·h + (1-u)·c, with an additive gate bias (..., 3H)."""
-    H = h.shape[-1]
-    bias = jnp.broadcast_to(bias, h.shape[:-1] + (3 * H,))
+    H, bias = h.shape[-1], jnp.broadcast_to(bias, h.shape[:-1] + (3 * h.shape[-1],))
     ru = jax.nn.sigmoid(jnp.concatenate([x, h], -1) @ p["Wg"] + p["bg"] + bias[..., :2 * H])
     r, u = ru[..., :H], ru[..., H:]  # gate bias 2.2: u ≈ 0.9, slow states at init
     c = jnp.tanh(jnp.concatenate([x, r * h], -1) @ p["Wc"] + p["bc"] + bias[..., 2 * H:])
@@ -186,8 +177,7 @@ def gru(p, x, h, bias=0.0):
 
 def init_meta_params(key, cfg: Config) -> dict:
     """φ: the optimizer's own weights (about 7.4k numbers with the defaults)."""
-    H0, H1, H2, F = cfg.H0, cfg.H1, cfg.H2, 3 * cfg.K
-    ks = jax.random.split(key, 12)
+    (H0, H1, H2, F), ks = (cfg.H0, cfg.H1, cfg.H2, 3 * cfg.K), jax.random.split(key, 12)
     nrm = lambda k, *s: 0.5 / np.sqrt(s[0]) * jax.random.normal(k, s)  # noqa: E731
     unif = lambda k, n: jax.random.uniform(k, (n,), minval=-1, maxval=1)  # noqa: E731
     return dict(gru0=init_gru(ks[0], F, H0), gru1=init_gru(ks[1], H0 + F, H1),
@@ -205,8 +195,7 @@ def st_clip(x, lo=-33.0, hi=33.0):  # clip in the forward pass, identity gradien
 
 
 def make_hrnn_optimizer(meta_params: dict, segment_ids, cfg: Config):
-    """(init, update) for a flat θ (n,) whose entry i belongs to tensor segment_ids[i]:
-    init(params, key) -> state; update(grad, state, params) -> (params, state)."""
+    """(init(θ, key) -> state, update(g, state, θ) -> (θ, state)); θ[i] is in tensor seg_ids[i]."""
     mp, seg = meta_params, np.asarray(segment_ids)
     n, n_t, K = len(seg), int(seg.max()) + 1, cfg.K
     S = jnp.asarray(np.eye(n_t, dtype=np.float32)[seg])  # (n, n_t) one-hot
@@ -215,32 +204,25 @@ def make_hrnn_optimizer(meta_params: dict, segment_ids, cfg: Config):
     def init(params, key):
         k1, k2 = jax.random.split(key)
         lo, hi = np.log(cfg.eta_lo) / 2, np.log(cfg.eta_hi) / 2  # plus a per-tensor offset
-        log_eta = jax.random.uniform(k1, (n,), minval=lo, maxval=hi) \
-            + jax.random.uniform(k2, (n_t,), minval=lo, maxval=hi)[seg]
-        z = jnp.zeros(n)
-        return dict(h0=jnp.broadcast_to(mp["h0_init"], (n, cfg.H0)),
-                    h1=jnp.broadcast_to(mp["h1_init"], (n_t, cfg.H1)), h2=mp["h2_init"],
-                    m=jnp.zeros((n, K)), v=jnp.zeros((n, K)), scl=z, inp=z, log_eta=log_eta,
-                    look=z)
+        z, u = jnp.zeros(n), lambda k, s: jax.random.uniform(k, s, minval=lo, maxval=hi)
+        return dict(h0=jnp.broadcast_to(mp["h0_init"], (n, cfg.H0)), m=jnp.zeros((n, K)),
+                    h1=jnp.broadcast_to(mp["h1_init"], (n_t, cfg.H1)), h2=mp["h2_init"], scl=z,
+                    v=jnp.zeros((n, K)), inp=z, look=z, log_eta=u(k1, (n,)) + u(k2, (n_t,))[seg])
     def update(grad, state, params):
         beta = (state["inp"][:, None] + 1e-12) ** (0.5 ** jnp.arange(K))  # β_{k+1} = √β_k
         m = (1 - beta) * grad[:, None] + beta * state["m"]  # (n, K)
         gam = state["scl"][:, None]  # 0 at the first step: v starts from m²
         v = (1 - gam) * (m**2 + 1e-12) + gam * state["v"]
-        s = jnp.arcsinh(m / jnp.sqrt(v + 1e-16))
-        log_v, log_eta = jnp.log(v), state["log_eta"]
+        s, log_v, log_eta = jnp.arcsinh(m / jnp.sqrt(v + 1e-16)), jnp.log(v), state["log_eta"]
         x = jnp.concatenate([s, s[:, :-1] * s[:, 1:], log_v - log_v.mean(1, keepdims=True),
                              (log_eta - tmean(log_eta[:, None])[seg, 0])[:, None]], 1)  # (n, 3K)
         h1, h2 = state["h1"], state["h2"]
         h0 = gru(mp["gru0"], x, state["h0"], h1[seg] @ mp["A10"] + h2 @ mp["A20"])  # (n, H0)
         h1 = gru(mp["gru1"], tmean(jnp.concatenate([h0, x], 1)), h1, h2 @ mp["A21"])  # (n_t, H1)
         h2 = gru(mp["gru2"], h1.mean(0), h2)  # (H2,)
-        d = h0 @ mp["w_u"] + s @ mp["w_s"]
-        l_t = st_clip(log_eta + h0 @ mp["w_eta"] + mp["b_eta"])
-        mu, look = jax.nn.sigmoid(mp["mu_logit"]), jnp.zeros(n)
-        if cfg.use_attention:
-            a = h0 @ mp["w_a"] + s @ mp["w_s"]
-            look = -jnp.exp(l_t) * a / rms(a)
+        d, l_t = h0 @ mp["w_u"] + s @ mp["w_s"], st_clip(log_eta + h0 @ mp["w_eta"] + mp["b_eta"])
+        a, mu = h0 @ mp["w_a"] + s @ mp["w_s"], jax.nn.sigmoid(mp["mu_logit"])  # a: attention
+        look = -jnp.exp(l_t) * a / rms(a) if cfg.use_attention else jnp.zeros(n)
         new = dict(h0=h0, h1=h1, h2=h2, m=m, v=v, look=look, log_eta=mu * log_eta + (1 - mu) * l_t,
                    scl=jax.nn.sigmoid(h0 @ mp["w_scl"] + mp["b_scl"]),
                    inp=jax.nn.sigmoid(h0 @ mp["w_inp"] + mp["b_inp"]))
@@ -250,26 +232,22 @@ def make_hrnn_optimizer(meta_params: dict, segment_ids, cfg: Config):
 
 # %% [markdown]
 # ## Meta-objective and truncated unrolls
-# The optimizer runs T steps; the meta-loss is the mean log ratio to the loss at the
-# *problem's* start θ0 (kept across truncations):
+# The optimizer runs T steps; the meta-loss is the mean log ratio to the *problem's* start θ0:
 #
-# $$\mathcal L(\phi) = \frac1T\sum_{t=s+1}^{s+T}\log\!\left(\frac{f(\theta_t)}{f(\theta_0)} +
-#   10^{-6}\right).$$
+# $$\mathcal L(\phi) = \frac1T\sum_{t=s+1}^{s+T}\log\big(f(\theta_t)/f(\theta_0) + 10^{-6}\big).$$
 #
 # > The log rewards exact convergence and ignores the loss scale. The code writes
-# > $f_t/(f_0+10^{-6})$ (our floor is relative, so the invariance is exact) and scores
-# > $f(\theta_s)$ twice but not $f(\theta_{s+T})$. In training, ratios are capped at 1e10 (NaN
-# > counts as the cap) so that the loss still pushes back from divergence, and a problem that
-# > diverges (ratio > 1e3) is replaced; in evaluation the cap is 1e3. The meta-gradient flows
-# > through ∇f (Hessian-vector products), as in the code.
+# > $f_t/(f_0+10^{-6})$ (our floor is relative, so the invariance is exact) and scores $f(\theta_s)$
+# > twice but not $f(\theta_{s+T})$. In training, ratios are capped at 1e10 (NaN counts as the cap)
+# > so that the loss still pushes back from divergence, and a problem that diverges (ratio > 1e3) is
+# > replaced; in evaluation the cap is 1e3. The meta-gradient flows through ∇f (Hessian-vector
+# > products), as in the code.
 
 
 # %%
 def meta_objective(fs, f0, linear=False, cap=1e3):
-    """Mean log (or plain, if `linear`) ratio f_t / f_0 over an unroll's losses fs (T,);
-    ratios above `cap` or non-finite count as `cap`."""
-    r = fs / f0
-    r = jnp.where(jnp.isfinite(r), jnp.minimum(r, cap), cap)
+    """Mean log (or plain, if `linear`) ratio f_t / f_0 over fs (T,); > cap or non-finite: cap."""
+    r = jnp.where(jnp.isfinite(fs / f0), jnp.minimum(fs / f0, cap), cap)
     return jnp.where(linear, jnp.mean(r), jnp.mean(jnp.log(r + 1e-6)))
 
 
@@ -284,13 +262,15 @@ def unroll(meta, f, theta, state, segment_ids, cfg: Config, T: int):
 
 
 # %% [markdown]
-# ## Meta-training
-# A meta-step unrolls each of `batch` problems T steps from where it stopped, makes the
-# meta-gradient finite (NaN → 0), clips it elementwise and takes an Adam step. A problem ends
-# after a geometric number of unrolls (a light version of the paper's heavy-tailed horizons) or
-# when it blows up; a fresh training-family instance replaces it, its hidden states taken from φ
-# inside the loss so that they are learned too. Seeds (and the plain-ratio ablation) are
-# vmapped; each chunk of meta-steps is one `lax.scan`, compiled once.
+# ## Meta-training and evaluation
+# A meta-step unrolls each of `batch` problems T more steps; a problem ends after a geometric number
+# of unrolls (a light version of the paper's heavy-tailed horizons) or when it blows up, and a fresh
+# training-family instance replaces it, its hidden states taken from φ inside the loss so that they
+# are learned too. Seeds and the plain-ratio ablation are vmapped.
+#
+# **Evaluation**: held-out instances of every family (a key no training run sees), `long_factor` ×
+# the trained horizon. Score: the mean log ratio $\frac1H\sum_{t\le H}\log(f_t/f_0+10^{-6})$ (lower
+# is better), at H = the trained horizon and 5× it, against Adam over lr 1e-3 … 1 (edges included).
 
 
 # %%
@@ -301,41 +281,35 @@ def make_meta_train(cfg: Config):
     def new_problem(key, meta):
         k_kind, k_prob, k_opt, k_len = jax.random.split(key, 4)
         prob = make_problem(k_prob, fams[jax.random.randint(k_kind, (), 0, len(fams))], cfg)
-        th = prob["theta0"]
+        th, left = prob["theta0"], jax.random.geometric(k_len, 1.0 / cfg.unrolls).astype(jnp.int32)
         return dict(prob=prob, theta=th, state=make_hrnn_optimizer(meta, seg, cfg)[0](th, k_opt),
-                    f0=loss(th, prob, cfg), fresh=jnp.array(True),
-                    left=jax.random.geometric(k_len, 1.0 / cfg.unrolls).astype(jnp.int32))
+                    f0=loss(th, prob, cfg), fresh=jnp.array(True), left=left)
     def init(key):
         k_meta, k_prob, key = jax.random.split(key, 3)
         meta = init_meta_params(k_meta, cfg)
         probs = jax.vmap(new_problem, (0, None))(jax.random.split(k_prob, B), meta)
         return dict(meta=meta, adam=adam_init(meta), probs=probs, key=key)
-    def one_loss(meta, c, linear):
+    def one_loss(meta, c, linear):  # cap 1e10: the log-loss still sees divergence
         st = dict(c["state"], **{h: jnp.where(c["fresh"], meta[h + "_init"], c["state"][h])
                                  for h in ("h0", "h1", "h2")})
         theta, st, fs = unroll(meta, lambda th: loss(th, c["prob"], cfg), c["theta"], st, seg,
                                cfg, cfg.T)
-        cap = jnp.where(linear, 10.0, 1e10)  # so that the log-loss still sees divergence
-        return meta_objective(fs, c["f0"], linear, cap), (theta, st, fs)
-    def batch_loss(meta, probs, linear):
-        L, aux = jax.vmap(one_loss, (None, 0, None))(meta, probs, linear)
-        return L.mean(), aux
+        return meta_objective(fs, c["f0"], linear, jnp.where(linear, 10.0, 1e10)), (theta, st, fs)
     def meta_step(ts, linear):
-        (L, (theta, st, fs)), g = jax.value_and_grad(batch_loss, has_aux=True)(
-            ts["meta"], ts["probs"], linear)
-        c = cfg.meta_clip
+        def batch_loss(meta):
+            L, aux = jax.vmap(one_loss, (None, 0, None))(meta, ts["probs"], linear)
+            return L.mean(), aux
+        (L, (theta, st, fs)), g = jax.value_and_grad(batch_loss, has_aux=True)(ts["meta"])
+        (key, k_new), c = jax.random.split(ts["key"]), cfg.meta_clip
         clip = lambda x: jnp.clip(jnp.where(jnp.isfinite(x), x, 0.0), -c, c)  # noqa: E731
         meta, adam = adam_update(jax.tree_util.tree_map(clip, g), ts["adam"], ts["meta"])
-        key, k_new = jax.random.split(ts["key"])
         old = dict(ts["probs"], theta=theta, state=st, left=ts["probs"]["left"] - 1,
                    fresh=jnp.zeros(B, bool))
         done = (old["left"] <= 0) | ~(fs[:, -1] < 1e3 * ts["probs"]["f0"])  # ended or diverged
         new = jax.vmap(new_problem, (0, None))(jax.random.split(k_new, B), meta)
         pick = lambda a, b: jnp.where(done.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)  # noqa
         return dict(meta=meta, adam=adam, probs=jax.tree_util.tree_map(pick, new, old), key=key), L
-    def chunk(ts, linear, length: int):
-        return lax.scan(lambda t, _: meta_step(t, linear), ts, None, length=length)
-    return init, chunk
+    return init, lambda ts, lin, n: lax.scan(lambda t, _: meta_step(t, lin), ts, None, length=n)
 
 
 def compile_timed(fn, *args):  # jit(fn) compiled for these arguments, and the seconds it took
@@ -344,8 +318,7 @@ def compile_timed(fn, *args):  # jit(fn) compiled for these arguments, and the s
 
 
 def meta_train(cfg: Config, keys, linear, t0: float):
-    """Meta-train one optimizer per key (vmapped), with the plain ratio where `linear`.
-    Returns (untrained φ, trained φ, meta-losses (members, steps), compile seconds)."""
+    """Meta-train one φ per key, plain ratio where `linear`: (φ_0, φ, losses, compile seconds)."""
     init, chunk = make_meta_train(cfg)
     ts = jax.jit(jax.vmap(init))(keys)
     meta0, n, losses = ts["meta"], cfg.meta_steps // cfg.chunks, []
@@ -360,14 +333,6 @@ def meta_train(cfg: Config, keys, linear, t0: float):
     return meta0, ts["meta"], np.concatenate(losses, 1), compile_s
 
 
-# %% [markdown]
-# ## Evaluation
-# Held-out instances of every family (a key no training run sees), `long_factor` × the trained
-# horizon. Score: the mean log ratio $\frac1H\sum_{t\le H}\log(f_t/f_0+10^{-6})$ (lower is
-# better), at H = the trained horizon and 5× it, against Adam over lr 1e-3 … 1 (edges included).
-
-
-# %%
 def run_learned(meta, probs, key, cfg: Config, steps: int):
     """f(θ_1..θ_steps) (instances, steps) of the learned optimizer with weights `meta`."""
     def one(prob, k):
@@ -390,16 +355,13 @@ def run_adam(lr, probs, cfg: Config, steps: int):
 # %% [markdown]
 # ## What did it learn? (Maheswaranathan et al. 2021)
 # A simpler learned optimizer, a GRU per coordinate, $h_{t+1} = F(h_t, g_t)$, $x_{t+1} = x_t +
-# w^\top h_{t+1} + b$, trained on the renn notebook's quadratics ($f = \frac12x^\top Hx +
-# v^\top x + c$, eigenvalues $10^{U(-3,0)}$). **Fixed points** $h^* = F(h^*, 0)$ by Newton from
-# visited states (the paper minimises $\lVert h-F(h,0)\rVert^2$). **Linearization**
-# $\partial F/\partial h = R\Lambda R^{-1}$, $J_{in} = \partial F/\partial g$: mode k is a
-# momentum with $\beta_k = \lambda_k$, $\alpha_k = -(w^\top r_k)(l_k^\top J_{in})$; the best
-# heavy ball for λ in [λmin, λmax] has
-# $\alpha^* = 4/(\sqrt{\lambda_{max}}+\sqrt{\lambda_{min}})^2$,
-# $\beta^* = \big((\sqrt{\lambda_{max}}-\sqrt{\lambda_{min}})/(\sqrt{\lambda_{max}}+
-# \sqrt{\lambda_{min}})\big)^2$. **Clipping**: Δ(g) at h* against its tangent. **Schedule**: the
-# step size $-\partial\Delta/\partial g$ along the g = 0 trajectory from h = 0.
+# w^\top h_{t+1} + b$, trained on the renn notebook's quadratics ($f = \frac12x^\top Hx + v^\top x +
+# c$, eigenvalues $10^{U(-3,0)}$). **Fixed points** $h^* = F(h^*, 0)$ by Newton from visited states
+# (the paper minimises $\lVert h-F(h,0)\rVert^2$). **Linearization** $\partial F/\partial h =
+# R\Lambda R^{-1}$, $J_{in} = \partial F/\partial g$: mode k is a momentum with $\beta_k =
+# \lambda_k$, $\alpha_k = -(w^\top r_k)(l_k^\top J_{in})$; the best heavy ball for λ in $[a^2, b^2]$
+# has $\alpha^* = 4/(a+b)^2$, $\beta^* = ((b-a)/(b+a))^2$. **Clipping**: Δ(g) at h* against its
+# tangent. **Schedule**: the step size $-\partial\Delta/\partial g$ along g = 0 from h = 0.
 # > Heavy ball as a one-unit RNN, $h' = \beta h + g$, $\Delta = -\alpha h'$, must come out with
 # > exactly α and β: the tests check that before any claim about the GRU.
 
@@ -418,8 +380,7 @@ def random_quadratic(key, dim: int):
 
 def run_gru_lopt(p, quad, T: int, alpha=None):
     """From x = 0, h = 0: (f_0..f_T, g_t (T, dim), h_{t+1} (T, dim, H)); GD at α if given."""
-    H, x_star = quad["H"], quad["x_star"]
-    f = lambda x: 0.5 * (x - x_star) @ H @ (x - x_star)  # noqa: E731
+    H, x_star, f = quad["H"], quad["x_star"], lambda x: 0.5 * (x - x_star) @ H @ (x - x_star)
     def step(c, _):
         g = H @ (c[0] - x_star)
         h = lopt_cell(p, c[1], g)
@@ -431,8 +392,7 @@ def run_gru_lopt(p, quad, T: int, alpha=None):
 
 
 def train_gru_lopt(keys, cfg: Config, t0: float):
-    """Meta-train one GRU optimizer per key (vmapped; gate bias 0, so no built-in momentum, and
-    a zero readout). Returns (params, losses (seeds, steps), compile seconds)."""
+    """One GRU optimizer per key (gate bias 0: no built-in momentum): (p, losses, compile s)."""
     adam_init, adam_update = utils.adam(cfg.re_lr)
     def L(p, k):
         quads = jax.vmap(random_quadratic, (0, None))(jax.random.split(k, cfg.re_batch), cfg.re_dim)
@@ -467,8 +427,7 @@ def fixed_points(cell, h_starts, iters: int = 30):
 
 def linearize(cell, readout, h_star) -> dict:
     """Modes of the linearization at (h*, g = 0), sorted by |λ|: λ_k (= β_k) and α_k."""
-    J = jax.jacfwd(cell, 0)(h_star, 0.0)  # (H, H)
-    J_in = jax.jacfwd(cell, 1)(h_star, 0.0)  # (H,)
+    J, J_in = jax.jacfwd(cell, (0, 1))(h_star, 0.0)  # (H, H), (H,)
     w = jax.grad(readout)(cell(h_star, 0.0))  # Δ_t = readout(h_{t+1})
     lam, R = np.linalg.eig(np.asarray(J, np.float64))
     alpha = -(np.asarray(w) @ R) * (np.linalg.inv(R) @ np.asarray(J_in))  # rows of R⁻¹: l_k
@@ -482,8 +441,7 @@ def heavy_ball_optimum(lam_min: float, lam_max: float):
 
 
 def visit(p, key, cfg: Config) -> dict:
-    """Pure, so one jit serves every seed: roll out on 32 test quadratics, Newton from 64 visited
-    states, the step size along g = 0 from h = 0, and GD at 2/(λmin + λmax) for reference."""
+    """One jit for all seeds: 32 test rollouts, Newton from 64 visited h, schedule, GD reference."""
     cell = lambda h, g: lopt_cell(p, h, g)  # noqa: E731
     step = lambda h: -jax.grad(lambda g: cell(h, g) @ p["w"])(0.0)  # noqa: E731  effective lr
     k_q, k_s = jax.random.split(key)
@@ -499,17 +457,17 @@ def visit(p, key, cfg: Config) -> dict:
 
 def analyse(p, v: dict) -> dict:
     """Fixed point, modes, clipping, schedule and test score of one trained GRU optimizer."""
-    cell = lambda h, g: lopt_cell(p, h, g)  # noqa: E731
-    readout = lambda h: h @ p["w"] + p["b"]  # noqa: E731
+    cell, readout = lambda h, g: lopt_cell(p, h, g), lambda h: h @ p["w"] + p["b"]
     q = np.where(np.isfinite(v["q"]), v["q"], np.inf)  # a Newton run may diverge: skip it
     h_star = v["h_fp"][int(np.argmin(q))]
     update = np.asarray(jax.vmap(lambda g: readout(cell(h_star, g)))(jnp.linspace(-10, 10, 201)))
     slope0 = float(jax.grad(lambda g: readout(cell(h_star, g)))(0.0))
-    fs, gd = np.asarray(v["fs"]), np.asarray(v["gd"])
-    return dict(linearize(cell, readout, h_star), update=update, slope0=slope0,
-                clip_ratio=(update[200] - update[100]) / (10 * slope0), g_p99=float(v["g_p99"]),
-                converged=int((q < 1e-8).sum()), lrs=np.asarray(v["lrs"]),
-                objective=np.mean(fs[:, 1:] / fs[:, :1]),
+    fs, gd, lrs = np.asarray(v["fs"]), np.asarray(v["gd"]), np.asarray(v["lrs"])
+    modes = linearize(cell, readout, h_star)
+    return dict(modes, lambda1=abs(modes["lam"][0]), alpha1=modes["alpha"][0], update=update,
+                slope0=slope0, clip_ratio=(update[200] - update[100]) / (10 * slope0),
+                g_p99=float(v["g_p99"]), converged=int((q < 1e-8).sum()), lrs=lrs,
+                lr_first_over_last=lrs[0] / lrs[-1], objective=np.mean(fs[:, 1:] / fs[:, :1]),
                 gd_objective=np.mean(gd[:, 1:] / gd[:, :1]))
 
 
@@ -528,9 +486,8 @@ def make_figure(cfg, curves, scores, losses, re) -> plt.Figure:
     """Meta-training, held-out curves, Adam's grid; the GRU optimizer's modes and Δ(g)."""
     fig, ax = plt.subplots(2, 3, figsize=(16, 9))
     ax = ax.ravel()
-    band = lambda a, x, y, c, lab: (  # noqa: E731  mean ± std over seeds
-        a.plot(x, y.mean(0), color=c, label=lab),
-        a.fill_between(x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=c, alpha=0.2))
+    band = lambda a, x, y, c, lb: (a.plot(x, y.mean(0), color=c, label=lb), a.fill_between(
+        x, y.mean(0) - y.std(0), y.mean(0) + y.std(0), color=c, alpha=0.2))  # mean ± std, seeds
     k = max(1, losses.shape[1] // 50)  # meta-losses averaged over windows of k steps
     band(ax[0], np.arange(losses.shape[1] // k) * k, losses[:, :losses.shape[1] // k * k].reshape(
         len(losses), -1, k).mean(2), "C0", "mean ± std over seeds")
@@ -545,21 +502,18 @@ def make_figure(cfg, curves, scores, losses, re) -> plt.Figure:
     ax[3].plot(cfg.adam_lrs, scores.pop("adam"), "o-", color="C2", label="Adam")
     for (key, v), c in zip(scores.items(), ("C0", "C7", "C1")):
         ax[3].axhline(np.mean(v) if len(v) else np.nan, color=c, ls="--", label=key)
-    a_star, b_star = heavy_ball_optimum(1e-3, 1.0)
     for s, r in enumerate(re):
         ax[4].plot(np.abs(r["lam"]), r["alpha"], "o", ms=4, color=f"C{s}", label=f"seed {s}")
         ax[5].plot(np.linspace(-10, 10, 201), r["update"], color=f"C{s}", label=f"seed {s}")
         ax[5].plot([-10, 10], np.array([-10, 10]) * r["slope0"] + r["update"][100], ":",
                    color=f"C{s}", lw=1)
-    ax[4].plot([b_star], [a_star], "k*", ms=14, label="optimal heavy ball (β*, α*)")
-    for a, kw in zip(ax, [
-            dict(xlabel="meta-step", ylabel="meta-loss (log ratio)", title="Meta-training"),
-            {}, {}, dict(xscale="log", xlabel="Adam learning rate", ylabel="score over horizon",
-                         title="Training families: learned vs Adam's grid"),
-            dict(xlabel="|λ_k| (momentum β_k)", ylabel="α_k", title="GRU optimizer: modes at h*"),
-            dict(ylim=(-15, 15), xlabel="g", ylabel="Δ(g) at h*", title="Update (dotted: linear)"),
-    ]):
-        a.set(**kw)
+    ax[4].plot(*heavy_ball_optimum(1e-3, 1)[::-1], "k*", ms=14, label="optimal heavy ball (β*, α*)")
+    ax[0].set(xlabel="meta-step", ylabel="meta-loss (log ratio)", title="Meta-training")
+    ax[3].set(xscale="log", xlabel="Adam learning rate", ylabel="score over horizon",
+              title="Training families: learned vs Adam's grid")
+    ax[4].set(xlabel="|λ_k| (momentum β_k)", ylabel="α_k", title="GRU optimizer: modes at h*")
+    ax[5].set(ylim=(-15, 15), xlabel="g", ylabel="Δ(g) at h*", title="Update (dotted: linear)")
+    for a in ax:
         a.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -581,9 +535,8 @@ def main(argv=None) -> dict:
     p.add_argument("--re-steps", type=utils.positive_int, help="GRU optimizer training steps")
     p.add_argument("--attention", action="store_true", help="look-ahead gradient")
     args = utils.parse_args(p, argv)
-    cfg = replace(Config(**QUICK) if args.quick else Config(), **{
-        k: getattr(args, k) for k in ("meta_steps", "batch", "re_steps") if getattr(args, k)},
-        use_attention=args.attention)
+    given = {k: getattr(args, k) for k in ("meta_steps", "batch", "re_steps") if getattr(args, k)}
+    cfg = replace(Config(**(QUICK if args.quick else {})), **given, use_attention=args.attention)
     if min(cfg.meta_steps, cfg.re_steps) < cfg.chunks:
         p.error(f"--meta-steps and --re-steps must be >= {cfg.chunks} (one per progress line)")
     utils.enable_compilation_cache()
@@ -592,8 +545,7 @@ def main(argv=None) -> dict:
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds + [s + 5000 for s in seeds[:n_lin]]))
     meta0, meta, losses, compile_s = meta_train(
         cfg, keys, jnp.asarray([False] * S + [True] * n_lin), t0)
-    # held-out instances of every family, run for long_factor × the trained horizon
-    kinds = jnp.repeat(jnp.arange(4), cfg.eval_per_family)
+    kinds = jnp.repeat(jnp.arange(4), cfg.eval_per_family)  # held-out instances of every family
     probs = jax.jit(jax.vmap(make_problem, (0, 0, None)), static_argnums=2)(
         jax.random.split(jax.random.key(args.seed + 10_000), len(kinds)), kinds, cfg)
     f0 = np.asarray(jax.vmap(loss, (0, 0, None))(probs["theta0"], probs, cfg))
@@ -604,8 +556,7 @@ def main(argv=None) -> dict:
     run_a, c2 = compile_timed(jax.vmap(lambda lr: run_adam(lr, probs, cfg, steps)), lrs)
     fs_l, fs_a = np.asarray(run_l(metas)), np.asarray(run_a(lrs))
     utils.progress(t0, "evaluation", steps, steps)
-    train = np.isin(np.asarray(kinds), cfg.train_families)
-    held = np.asarray(kinds) == 3  # the MLP family, never meta-trained on
+    train, held = np.isin(kinds, cfg.train_families), np.asarray(kinds) == 3  # held: MLP family
     log_r = lambda fs, m: np.log(  # noqa: E731  the evaluation's log ratio per step, capped at 1e3
         np.minimum(np.nan_to_num(fs[:, m] / f0[m][:, None], nan=1e3), 1e3) + 1e-6)
     sc = lambda fs, H, m: log_r(fs, m)[:, :, :H].mean((1, 2))  # noqa: E731  score over H steps
@@ -625,39 +576,31 @@ def main(argv=None) -> dict:
     re = [analyse(*jax.tree_util.tree_map(lambda a: a[s], (p_gru, found))) for s in range(S)]
     compile_s += c1 + c2 + c3
     run_s = time.perf_counter() - t0 - compile_s
-    a_star, b_star = heavy_ball_optimum(1e-3, 1.0)
-    su = utils.summarize
-    metrics = {
-        "improvement_over_init_nats": su(untrained - learned),
-        "improvement_over_adam1e3_nats": su(adam[0] - learned),
-        "frac_of_tuned_adam": su(learned / adam.min()),
-        "re_lambda1": su([abs(r["lam"][0]) for r in re]),
-        "re_clip_ratio": su([r["clip_ratio"] for r in re]),
-        "score_learned": su(learned), "score_untrained": su(untrained),
-        "score_adam_best": su(adam.min()), "final_log_ratio_learned": su(final[:S]),
-        "frac_of_tuned_adam_5x_horizon": su(sc(fs_l[:S], steps, train) / adam_long.min()),
-        "frac_of_tuned_adam_heldout_mlp": su(learned_mlp / adam_mlp.min()),
-        "improvement_over_init_heldout_mlp_nats": su(untrained_mlp - learned_mlp),
-        "re_alpha1": su([r["alpha"][0] for r in re]),
-        "re_lr_first_over_last": su([r["lrs"][0] / r["lrs"][-1] for r in re]),
-        "re_meta_loss_last_100": su(re_losses[:, -100:].mean(1)),
-        **{f"re_{k}": su([r[k] for r in re]) for k in ("converged", "g_p99", "objective",
-                                                        "gd_objective")},
-        **({"ablation_plain_ratio_score": su(lin), "ablation_plain_ratio_final_log_ratio":
-            su(final[S:S + n_lin])} if n_lin else {}),
-    }
-    record = {
-        "script": "03_hierarchical_rnn_opt", "paper": PAPER, "config": asdict(cfg),
-        "quick": args.quick, "seeds": seeds, "metrics": metrics,
-        **{f"adam_scores{k}": dict(zip(map(str, cfg.adam_lrs), map(float, v)))
-           for k, v in (("", adam), ("_5x", adam_long), ("_heldout_mlp", adam_mlp))},
-        "paper_values": {"claim": "beats Adam/RMSProp on meta-training problems (qualitative, "
-                                  "so we test frac_of_tuned_adam >= 0.7)",
-                         "heavy_ball_optimum_alpha_beta": [a_star, b_star],
-                         "source": "abstracts of arXiv:1703.04813 and 2011.02159; (α*, β*) "
-                                   "computed for λ in [1e-3, 1]; no paper table is reproduced"},
-        "compile_s": compile_s, "run_s": run_s,
-    }
+    (a_star, b_star), su = heavy_ball_optimum(1e-3, 1.0), utils.summarize
+    per_seed = lambda *ks: {f"re_{k}": su([r[k] for r in re]) for k in ks}  # noqa: E731  2021
+    metrics = {"improvement_over_init_nats": su(untrained - learned),  # the first five are printed
+               "improvement_over_adam1e3_nats": su(adam[0] - learned),
+               "frac_of_tuned_adam": su(learned / adam.min()), **per_seed("lambda1", "clip_ratio"),
+               "score_learned": su(learned), "score_untrained": su(untrained),
+               "score_adam_best": su(adam.min()), "final_log_ratio_learned": su(final[:S]),
+               "frac_of_tuned_adam_5x_horizon": su(sc(fs_l[:S], steps, train) / adam_long.min()),
+               "frac_of_tuned_adam_heldout_mlp": su(learned_mlp / adam_mlp.min()),
+               "improvement_over_init_heldout_mlp_nats": su(untrained_mlp - learned_mlp),
+               **per_seed("alpha1", "lr_first_over_last"),
+               "re_meta_loss_last_100": su(re_losses[:, -100:].mean(1)),
+               **per_seed("converged", "g_p99", "objective", "gd_objective"),
+               **({"ablation_plain_ratio_score": su(lin), "ablation_plain_ratio_final_log_ratio":
+                   su(final[S:S + n_lin])} if n_lin else {})}
+    record = {"script": "03_hierarchical_rnn_opt", "paper": PAPER, "config": asdict(cfg),
+              "quick": args.quick, "seeds": seeds, "metrics": metrics,
+              **{f"adam_scores{k}": dict(zip(map(str, cfg.adam_lrs), map(float, v)))
+                 for k, v in (("", adam), ("_5x", adam_long), ("_heldout_mlp", adam_mlp))},
+              "paper_values": {"claim": "beats Adam/RMSProp on meta-training problems "
+                               "(qualitative, so we test frac_of_tuned_adam >= 0.7)",
+                               "heavy_ball_optimum_alpha_beta": [a_star, b_star],
+                               "source": "abstracts of arXiv:1703.04813 and 2011.02159; (α*, β*) "
+                               "computed for λ in [1e-3, 1]; no paper table is reproduced"},
+              "compile_s": compile_s, "run_s": run_s}
     fig = make_figure(cfg, curves, {"adam": adam, "learned": learned, "untrained": untrained,
                                     "plain-ratio objective": lin}, losses[:S], re)
     utils.save_results(args.out, "03_hierarchical_rnn_opt", record, fig)
