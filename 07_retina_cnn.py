@@ -16,20 +16,22 @@
 # # 07 · Convolutional models of the retina
 #
 # McIntosh\*, Maheswaranathan\*, Nayebi, Ganguli, Baccus, *Deep learning models of the retinal
-# response to natural scenes*, NIPS 2016, [arXiv:1702.01825](https://arxiv.org/abs/1702.01825).
+# response to natural scenes*, NIPS 2016, [arXiv:1702.01825](https://arxiv.org/abs/1702.01825);
+# attributions: Tanaka et al., NeurIPS 2019, [arXiv:1912.06207](https://arxiv.org/abs/1912.06207).
 #
 # A three-layer CNN (conv → ReLU → conv → ReLU → dense → softplus) trained with a Poisson loss
 # from a movie to ganglion-cell spikes predicts the retina far better than the linear-nonlinear
 # (LN) model, above all on natural scenes, and generalises across stimulus classes. The
 # recordings are not public, so we build a ground-truth retina (rectified ON/OFF bipolar and
 # amacrine channels pooled by OFF, ON and ON-OFF ganglion cells, Poisson spikes) that an LN model
-# cannot capture but a CNN can. You will learn causal history windows, the Poisson likelihood,
-# the spike-triggered average, convolutions as matrix products and the noise ceiling.
+# cannot capture but a CNN can. You will learn causal history windows, the Poisson likelihood, the
+# STA, convolutions as matrix products, the noise ceiling and integrated gradients.
 #
 # Reproduced, on the simulated retina: the LN-vs-CNN comparison of Fig. 2, the cross-stimulus
-# generalisation and data-size curve of Fig. 3. Run `python 07_retina_cnn.py` (≈ 4 min on 2 CPU
-# cores) or `--quick` (smaller retina). Expected: CNN − LN ≈ 0.21 in correlation on white noise,
-# ≈ 0.20 on natural scenes, ≈ 0.35 trained on NS and tested on WN; the CNN at ≈ 92% of the ceiling.
+# generalisation and data-size curve of Fig. 3; beyond them, flash latencies and integrated
+# gradients. Run `python 07_retina_cnn.py` (≈ 4 min on 2 CPU cores) or `--quick` (smaller retina).
+# Expected: CNN − LN ≈ 0.21 in correlation on white noise, ≈ 0.20 on natural scenes, ≈ 0.35
+# trained on NS and tested on WN; the CNN at ≈ 92% of the ceiling.
 
 # %%
 import time
@@ -80,6 +82,7 @@ class Config:
     eval_every: int = 100  # validation loss checked every ... steps; the best parameters kept
     curve_minutes: tuple = (1.0, 2.5)  # extra training-set sizes, natural scenes (Fig. 3A)
     chunks: int = 5  # progress lines per training
+    ig_steps: int = 400  # α-steps of the IG Riemann sum (50 leave ≤ 9% errors at ReLU kinks)
 
 
 QUICK = dict(n_pix=12, history=12, n_cells=4, cell_spread=1.0, train_frames=10_000,
@@ -262,12 +265,17 @@ def conv_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum("niyxb,iyYbo->noYx", shifted, band)
 
 
+def cnn_head(params: dict, a: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
+    """From first-layer activations a (B, c1, M1, M1) to expected counts (B, cells)."""
+    h = _noisy_relu(conv_matmul(a, params["w2"]) + params["b2"][:, None, None], key, noise)
+    return jax.nn.softplus(h.reshape(a.shape[0], -1) @ params["w3"].T + params["b3"])
+
+
 def apply_cnn(params: dict, x: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
     """Same model as apply_conv, convolutions as matrix products (used for training)."""
     keys = (None, None) if key is None else jax.random.split(key)
-    h = _noisy_relu(conv_matmul(x, params["w1"]) + params["b1"][:, None, None], keys[0], noise)
-    h = _noisy_relu(conv_matmul(h, params["w2"]) + params["b2"][:, None, None], keys[1], noise)
-    return jax.nn.softplus(h.reshape(x.shape[0], -1) @ params["w3"].T + params["b3"])
+    a = _noisy_relu(conv_matmul(x, params["w1"]) + params["b1"][:, None, None], keys[0], noise)
+    return cnn_head(params, a, keys[1], noise)
 
 
 # %% [markdown]
@@ -431,13 +439,57 @@ def evaluate_runs(cfg: Config, model: str, params: dict, data: dict, runs: dict)
 
 
 # %% [markdown]
+# ## Looking inside: flashes and integrated gradients (Tanaka et al. 2019)
+# 40-ms full-field flashes: dark ones should drive OFF and ON-OFF cells, bright ones ON and ON-OFF
+# cells, in truth and CNN alike, with similar latencies (onset to peak). Integrated gradients
+# attribute a cell's rate to layer-1 channels c, from the activations $a_0$ for gray to those for
+# the flash, a, and sum to $\hat r(a) - \hat r(a_0)$ (completeness, checked; midpoint rule in α):
+#
+# $$A_c = \sum_{x,y} (a - a_0)_{c,x,y}\int_0^1 \frac{\partial \hat r_j}{\partial a_{c,x,y}}
+#   \Big|_{a_0 + \alpha(a - a_0)} d\alpha.$$
+
+
+# %%
+def integrated_gradients(params: dict, x: jax.Array, cell: int, steps: int):
+    """(c1,) IG of the cell's r̂ at window x (H, N, N) onto layer-1 channels; r̂(a) - r̂(a0)."""
+    a, a0 = (jax.nn.relu(conv_matmul(v, params["w1"])[0] + params["b1"][:, None, None])
+             for v in (x[None], jnp.zeros_like(x)[None]))  # layer-1 activations, flash and gray
+    head = lambda z: cnn_head(params, z[None])[0, cell]  # noqa: E731
+    alphas = (jnp.arange(steps) + 0.5) / steps
+    mean_grad = jax.vmap(lambda al: jax.grad(head)(a0 + al * (a - a0)))(alphas).mean(0)
+    return jnp.sum((a - a0) * mean_grad, (1, 2)), head(a) - head(a0)
+
+
+def flash_analysis(cfg: Config, params: dict, intensities=(-2.0, -1.0, 1.0, 2.0)) -> dict:
+    """Truth, CNN rates (Hz) from a bin before a 2-frame flash (flashes, 21, cells); IG at each
+    cell's CNN peak, first/last flash (2, cells, c1); completeness errors; latencies (ms)."""
+    H, cells, base = cfg.history, np.arange(cfg.n_cells), np.zeros((cfg.history + 20, cfg.n_pix))
+    base[H:H + 2] = 1.0  # gray, then a 2-frame full-field flash at bin H
+
+    def one(intensity):
+        movie = intensity * jnp.asarray(base, jnp.float32)[:, :, None] * jnp.ones(cfg.n_pix)
+        gt = simulate_retina(jax.random.key(0), movie, cfg)[0][H - 1:]
+        cnn = predict(apply_cnn, params, movie, H, block=21) / cfg.dt
+        return gt, cnn, *jax.vmap(lambda j, pk: integrated_gradients(  # IG at each cell's peak
+            params, windows(movie, H - 1 + pk, H), j, cfg.ig_steps))(cells, jnp.argmax(cnn, 0))
+
+    gt, cnn, attr, delta = map(np.asarray, jax.jit(jax.vmap(one))(jnp.asarray(intensities)))
+    best = (gt - gt[:, :1]).max(1).argmax(0)  # each cell's preferred flash in the truth
+    lat = lambda r: (np.argmax(r[best, :, cells], 1) - 1) * cfg.dt * 1e3  # noqa: E731  to peak
+    rel = np.abs(attr.sum(-1) - delta) / np.maximum(np.abs(delta), 1e-6)
+    return dict(intensities=intensities, gt=gt, cnn=cnn, attribution=attr[[0, -1]],
+                completeness=rel, latency_true=lat(gt), latency_cnn=lat(cnn))
+
+
+# %% [markdown]
 # ## Figure
 
 
 # %%
 def make_figure(cfg: Config, res: dict) -> plt.Figure:
-    """(a) Figs. 2/3B bars, (b) Fig. 3A data curve, (c) held-out rates, (d) layer-1 filters."""
-    fig, ax = plt.subplots(2, 2, figsize=(13, 9))
+    """(a) Figs. 2/3B bars, (b) Fig. 3A data curve, (c) held-out rates, (d) layer-1 filters,
+    (e) flash responses, (f) integrated gradients."""
+    fig, ax = plt.subplots(2, 3, figsize=(17, 9))
     ax, col, conds = ax.ravel(), {"ln": "tab:blue", "cnn": "tab:red"}, ("wn_wn ns_ns wn_ns ns_wn")
     for i, m in enumerate(col):
         v = np.array([res["rho"][f"{m}_{c}"] for c in conds.split()])  # (4, seeds)
@@ -459,7 +511,19 @@ def make_figure(cfg: Config, res: dict) -> plt.Figure:
     space = np.pad(space.reshape(-1, cfg.k1, cfg.k1), ((0, 0), (1, 1), (1, 1)))  # rank-1 space part
     ax[3].imshow(np.concatenate(list(space), 1), cmap="RdBu_r", vmin=-1, vmax=1)
     ax[3].set(title="Layer-1 filters, spatial part (WN-trained)", xticks=[], yticks=[])
-    [a.legend(fontsize=7) for a in ax[:3]]
+    fl, tt = res["flash"], (np.arange(res["flash"]["gt"].shape[1]) - 1) * cfg.dt * 1000
+    for fi, cell in [(0, 0), (0, 1), (-1, 0), (-1, 1)]:  # OFF, ON cell; darkest, brightest flash
+        fmt, c = ("k" if fi == 0 else "C1") + "-:"[cell], fl["intensities"][fi]
+        ax[4].plot(tt, fl["gt"][fi, :, cell], fmt, label=f"{CELL_TYPES[cell]}, flash {c:+g}")
+        ax[4].plot(tt, fl["cnn"][fi, :, cell], fmt, alpha=0.4, lw=3)
+    ax[4].set(xlabel="ms after flash onset", ylabel="rate (Hz)", title="Truth (thin), CNN (thick)")
+    A = np.concatenate(list(fl["attribution"]), 0).T  # (c1, dark cells + bright cells)
+    im = ax[5].imshow(A, cmap="RdBu_r", aspect="auto", vmin=-np.abs(A).max(), vmax=np.abs(A).max())
+    ax[5].set(xticks=range(A.shape[1]), xticklabels=CELL_TYPES[: cfg.n_cells] * 2,
+              yticks=range(len(A)), ylabel="layer-1 channel",
+              title="Integrated gradients: dark flash | bright flash")
+    fig.colorbar(im, ax=ax[5])
+    [a.legend(fontsize=7) for a in (*ax[:3], ax[4])]
     fig.tight_layout()
     return fig
 
@@ -515,6 +579,7 @@ def main(argv=None) -> dict:
     sta = jax.jit(jax.vmap(jax.vmap(lambda *a: sta_ln(*a, H), (None, 1, None))))(
         data["stim_train"][:, 0], data["spikes_train"][:, 0], data["stim_test"][:, 0])
     sta = np.asarray(jax.vmap(pearson_per_cell)(jnp.swapaxes(sta, 1, 2), rt[:, 0]))
+    flash = flash_analysis(cfg, jax.tree_util.tree_map(lambda a: a[0], cnn))  # seed 0, WN
     compile_s += c  # the figure shows the first seed's WN-trained CNN
     run_s = time.perf_counter() - t0 - compile_s
     diffs = {"cnn_minus_ln_wn": "wn_wn", "cnn_minus_ln_ns": "ns_ns",
@@ -526,16 +591,21 @@ def main(argv=None) -> dict:
         "ceiling_ns": ceiling[:, 1].mean(-1), "sta_ln_wn_wn": sta.mean(-1),
         **{f"{m}_{t.lower().replace('-', '')}_wn": ev[m][0][wn, 0][:, types == t].mean(-1)
            for m in ev for t in set(types)},
-        **{f"{m}_ns_{mins:.2g}min": v for m in ev for mins, v in zip(curve["minutes"], curve[m])}}
+        **{f"{m}_ns_{mins:.2g}min": v for m in ev for mins, v in zip(curve["minutes"], curve[m])},
+        "ig_completeness_max_rel_error": [flash["completeness"].max()],
+        **{f"flash_latency_ms_{k}": [flash[f"latency_{k}"].mean()] for k in ("true", "cnn")}}
     metrics = {k: utils.summarize(v) for k, v in per_seed_metrics.items()}
     record = {"script": "07_retina_cnn", "paper": PAPER, "config": asdict(cfg), "quick": args.quick,
               "seeds": seeds, "metrics": metrics, "curve": curve, "cell_types": list(types),
+              "flash": {k: flash[k].tolist() for k in ("attribution", "latency_true",
+                                                       "latency_cnn")},
               "paper_values": {**TARGETS, "qualitative": "CNN > GLM > LN on WN and NS (Fig. 2)",
                                "source": "targets for this simulation (issue 6, notes §3)"},
               "compile_s": compile_s, "run_s": run_s}
     trace = {"true": np.asarray(data["rate_test"][0, 1, H - 1:]), "ln": ev["ln"][2][1, 1],
              "psth": np.asarray(data["psth"][0, 1, H - 1:]) / cfg.dt, "cnn": ev["cnn"][2][1, 1]}
-    fig = make_figure(cfg, dict(rho=rho, curve=curve, trace=trace, w1=np.asarray(cnn["w1"][0])))
+    fig = make_figure(cfg, dict(rho=rho, curve=curve, trace=trace, w1=np.asarray(cnn["w1"][0]),
+                                flash=flash))
     utils.save_results(args.out, "07_retina_cnn", record, fig)
     f = lambda k: f"{metrics[k]['mean']:.3f} ± {metrics[k]['std']:.3f}"  # noqa: E731
     print(f"07_retina_cnn{' (quick)' if args.quick else ''}, {S} seeds: CNN − LN on WN "

@@ -204,6 +204,36 @@ def test_ground_truth_sanity_and_flashes():
     assert np.all(cross(resp[-2.0])[off] < cross(resp[-1.0])[off])
 
 
+def test_integrated_gradients_completeness():
+    """Σ_c A_c = r̂(a) − r̂(a0) up to the midpoint-rule error of ∫ f(α) dα, f(α) = d/dα r̂(a0 +
+    α(a − a0)). f jumps where a layer-2 ReLU switches, so the error is bounded by V/n (V the total
+    variation of f: each step errs by at most f's variation on it), O(1/n²) between kinks. Tiny
+    random CNN, float64, no training."""
+    with jax.enable_x64(True):
+        p = tiny_params(jax.random.key(20), jnp.float64)
+        p = dict(p, w3=p["w3"] * 30)  # a readout large enough for r̂ to move
+        xs = jax.random.normal(jax.random.key(21), (6, 3, 6, 6), jnp.float64)
+        layer1 = lambda v: jax.nn.relu(  # noqa: E731
+            rc.conv_matmul(v[None], p["w1"]) + p["b1"][:, None, None])
+        fine = jnp.linspace(0.0, 1.0, 4001)
+        V = []  # V of f, from a fine grid (a lower estimate, hence the margin below)
+        for x in xs:
+            a, a0 = layer1(x), layer1(jnp.zeros_like(x))
+            for j in range(2):
+                f = jax.vmap(jax.grad(lambda al: rc.cnn_head(p, a0 + al * (a - a0))[0, j]))(fine)
+                V.append(float(jnp.sum(jnp.abs(jnp.diff(f)))))
+        err = {}
+        for n in (50, 100, 400):
+            out = [rc.integrated_gradients(p, x, j, n) for x in xs for j in range(2)]
+            attr, delta = np.array([o[0] for o in out]), np.array([float(o[1]) for o in out])
+            assert attr.shape == (12, TINY.c1) and np.all(np.abs(delta) > 1e-4)  # Δ non-trivial
+            err[n] = np.abs(attr.sum(1) - delta)
+            assert np.all(err[n] <= 1.5 * np.array(V) / n + 1e-12)
+        assert err[50].max() > 0  # (not vacuous) ...
+        assert err[100].sum() < err[50].sum()  # doubling the steps shrinks the error ...
+        assert err[400].sum() <= err[50].sum() / 4  # ... at least as fast as O(1/n)
+
+
 def test_same_seed_same_data_and_training():
     cfg = replace(TINY, n_pix=8, history=4, train_frames=500, val_frames=300, test_frames=300,
                   ns_canvas=16, steps=100, chunks=1, eval_every=5, batch=16)
