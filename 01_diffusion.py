@@ -503,7 +503,10 @@ PAPER_VALUES = {"K_bits_swiss_roll": 2.35, "K_minus_L_null_swiss_roll": 6.45, "K
 
 def main(argv=None) -> dict:
     """Train both toys over seeds, evaluate K and samples; save JSON + PNG; return the record."""
-    p = utils.make_parser("Diffusion probabilistic models (Sohl-Dickstein et al. 2015), toys.")
+    p = utils.make_parser(
+        "01_diffusion",
+        "Diffusion probabilistic models (Sohl-Dickstein et al. 2015), toys.",
+    )
     p.add_argument("--hidden", type=utils.positive_int, help="RBF units (default 64; paper 16)")
     below_half = utils.check(float, lambda v: 0 < v < 0.5, "a number in (0, 0.5)")
     p.add_argument("--beta1", type=below_half, help="the fixed first step β₁ (default 1e-5)")

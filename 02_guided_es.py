@@ -485,7 +485,10 @@ PAPER_VALUES = {
 
 def parse_config(argv):
     """The command line -> (args, Config)."""
-    p = utils.make_parser("Guided ES (Maheswaranathan et al. 2019) on the perturbed quadratic.")
+    p = utils.make_parser(
+        "02_guided_es",
+        "Guided ES (Maheswaranathan et al. 2019) on the perturbed quadratic.",
+    )
     p.add_argument("--alpha", type=utils.unit_float, help="Guided ES α, in [0, 1] (default 0.5)")
     p.add_argument("--sigma", type=utils.positive_float, help="total perturbation size σ > 0")
     p.add_argument("--steps", type=utils.positive_int, help="iterations, an integer > 0")

@@ -471,7 +471,7 @@ def analyse(p, v: dict) -> dict:
                 gd_objective=np.mean(gd[:, 1:] / gd[:, :1]))
 
 
-if __name__ == "__main__":  # the identity the analysis must pass: heavy ball as a 1-unit RNN
+if utils.in_notebook():  # the identity the analysis must pass: heavy ball as a 1-unit RNN
     hb = linearize(lambda h, g: 0.9 * h + g, lambda h: -0.5 * h[0], jnp.zeros(1))
     print(f"heavy ball α = 0.5, β = 0.9 -> α = {hb['alpha'][0]:.4f}, β = {hb['lam'][0].real:.4f};"
           f" optimum for λ in [1e-3, 1]: (α*, β*) = {np.round(heavy_ball_optimum(1e-3, 1), 3)}")
@@ -528,8 +528,11 @@ PAPER = {"title": "Learned Optimizers that Scale and Generalize; Reverse enginee
 
 def main(argv=None) -> dict:
     """Meta-train, evaluate against Adam, train and reverse-engineer the GRU optimizer."""
-    p = utils.make_parser("Hierarchical RNN learned optimizer (Wichrowska et al. 2017) and "
-                          "reverse engineering (Maheswaranathan et al. 2021).")
+    p = utils.make_parser(
+        "03_hierarchical_rnn_opt",
+        "Hierarchical RNN learned optimizer (Wichrowska et al. 2017) and "
+        "reverse engineering (Maheswaranathan et al. 2021).",
+    )
     p.add_argument("--meta-steps", type=utils.positive_int, help="meta-steps per seed")
     p.add_argument("--batch", type=utils.positive_int, help="problems per meta-step")
     p.add_argument("--re-steps", type=utils.positive_int, help="GRU optimizer training steps")

@@ -453,7 +453,10 @@ NOTES = {"theta_star": -1 / 6, "theta_tes_influence": 3.26, "schedule_grid_min":
 
 def main(argv=None) -> dict:
     """All four experiments; saves JSON + PNG and prints one summary line."""
-    p = utils.make_parser("PES (Vicol et al. 2021), pathologies, a PES-trained learned optimizer.")
+    p = utils.make_parser(
+        "04_pes_outer_training",
+        "PES (Vicol et al. 2021), pathologies, a PES-trained learned optimizer.",
+    )
     p.add_argument("--outer-steps", type=utils.positive_int, help="PES outer steps, an integer > 0")
     p.add_argument("--pairs", type=utils.positive_int, help="antithetic pairs for the optimizer")
     p.add_argument("--factored", action="store_const", const=True, help="Adafactor features")

@@ -361,16 +361,6 @@ def make_train(cfg: Config, modes=VARIANTS):
     return jax.jit(jax.vmap(run, (0, 0, 0, 0, None)), static_argnums=4)
 
 
-def shard_runs(tree):
-    """Shard the runs axis over several devices if present; unchanged on one device."""
-    devs = jax.devices()
-    if len(devs) < 2 or jax.tree_util.tree_leaves(tree)[0].shape[0] % len(devs):
-        return tree
-    mesh = jax.sharding.Mesh(np.array(devs), ("runs",))
-    spec = lambda a: jax.sharding.PartitionSpec("runs", *([None] * (a.ndim - 1)))  # noqa: E731
-    return tmap(lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, spec(a))), tree)
-
-
 # %% [markdown]
 # ## Hand-designed baselines on the inner tasks
 # Heavy-ball, $v \leftarrow \beta v + g$, $x \leftarrow x - \eta v$, with (η, β) grid-tuned on
@@ -449,12 +439,32 @@ def advance(run_c, carry, mode, refresh, val_keys, n_chunks, names, label, t0, s
 
 def main(argv=None) -> dict:
     """Self-training, its controls, the baselines and the feedback probe; save JSON + PNG."""
-    p = utils.make_parser("Self-training learned optimizers (Metz et al. 2021) on quadratics.")
+    p = utils.make_parser(
+        "05_self_training",
+        "Self-training learned optimizers (Metz et al. 2021) on quadratics.",
+    )
     p.add_argument("--steps", type=utils.positive_int, help="outer steps, a multiple of 3·K")
-    p.add_argument("--pop", type=utils.check(int, lambda v: v >= 2, "an integer >= 2"))
-    p.add_argument("--h0", type=utils.check(float, lambda v: -6 <= v <= 0, "a number in [-6, 0]"))
-    p.add_argument("--grad-noise", type=utils.check(float, lambda v: 0 <= v < 1e3, "in [0, 1000)"))
-    p.add_argument("--time-features", action="store_true", default=None)
+    p.add_argument(
+        "--pop",
+        type=utils.check(int, lambda v: v >= 2, "an integer >= 2"),
+        help="learned optimizers per population, an integer >= 2",
+    )
+    p.add_argument(
+        "--h0",
+        type=utils.check(float, lambda v: -6 <= v <= 0, "a number in [-6, 0]"),
+        help="initial log10 outer step multiplier (self) / log10 Adam learning rate, in [-6, 0]",
+    )
+    p.add_argument(
+        "--grad-noise",
+        type=utils.check(float, lambda v: 0 <= v < 1e3, "in [0, 1000)"),
+        help="std of Gaussian noise added to the inner gradients, in [0, 1000)",
+    )
+    p.add_argument(
+        "--time-features",
+        action="store_true",
+        default=None,
+        help="give the learned optimizer features of the inner step count",
+    )
     args = utils.parse_args(p, argv)
     cfg = Config(**QUICK) if args.quick else Config()
     flags = ("steps", "pop", "h0", "grad_noise", "time_features")
@@ -472,7 +482,7 @@ def main(argv=None) -> dict:
     no, zeros = jnp.zeros(V * S, bool), jnp.zeros((V * S, lopt_init(kinit[0], cfg).size))
     tc = time.perf_counter()
     init = jax.jit(jax.vmap(init_run, (0, 0, 0, 0, None)), static_argnums=4)
-    carry = shard_runs(init(kinit, kval, zeros, no, cfg))  # compile (and a cheap first call)
+    carry = utils.shard_seeds(init(kinit, kval, zeros, no, cfg))  # compiles, cheap first call
     run_c = make_train(cfg).lower(carry, mode, refresh, kval, chunk // cfg.pbt_every).compile()
     compile_s = time.perf_counter() - tc
     carry, snaps, logs = advance(run_c, carry, mode, refresh, kval, 3, VARIANTS, "self", t0, chunk)
@@ -483,7 +493,7 @@ def main(argv=None) -> dict:
     # the feedback probe: snapshot k of the self run's untouched best (after k chunks) trains a
     # fresh random population, the same one for every k (runs snapshot-major, like VARIANTS)
     teach = jnp.concatenate([sn[:S] for sn in snaps])  # (4·S, n)
-    pcarry = shard_runs(init(kprobe, kval, teach, ~no, cfg))
+    pcarry = utils.shard_seeds(init(kprobe, kval, teach, ~no, cfg))
     names, n = [f"teacher@{k * chunk}" for k in range(4)], cfg.probe_chunks
     args_p = (jnp.full(V * S, TEACHER), no, kval, n, names, "feedback probe", t0, chunk)
     pcarry, _, probe = advance(run_c, pcarry, *args_p)

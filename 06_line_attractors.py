@@ -490,7 +490,10 @@ SCALARS = ("fp_count", "fp_pc1_var", "fp_pc12_var", "participation", "lambda1_ab
 
 def main(argv=None) -> dict:
     """Train, find fixed points, linearize: binary, 3-class and four cells. Save JSON + PNG."""
-    p = utils.make_parser("Line attractors in sentiment RNNs (Maheswaranathan et al. 2019).")
+    p = utils.make_parser(
+        "06_line_attractors",
+        "Line attractors in sentiment RNNs (Maheswaranathan et al. 2019).",
+    )
     p.add_argument("--data", metavar="FILE", help="CSV/TSV of text and 0/1 label")
     p.add_argument("--cell", choices=("gru", "lstm", "ugrnn", "vanilla"), help="main cell (gru)")
     p.add_argument("--steps", type=utils.positive_int, help="Adam steps (gated cells)")
@@ -536,7 +539,6 @@ def main(argv=None) -> dict:
               "compile_s": compile_s, "run_s": run_s}  # fmt: skip
     fig = make_figure(binary, plane, table)
     utils.save_results(args.out, "06_line_attractors", record, fig)
-    plt.close(fig)
     f = lambda k, d=3: f"{metrics[k]['mean']:.{d}f} ± {metrics[k]['std']:.{d}f}"  # noqa: E731
     print(f"06_line_attractors{' (quick)' * args.quick} ({cfg.cell}, {len(seeds)} seeds, compile "
           f"{compile_s:.0f} s, run {run_s:.0f} s): accuracy {f('accuracy')} (> 0.95); fixed-point "

@@ -543,7 +543,10 @@ TARGETS = {"cnn_minus_ln_wn": 0.10, "cnn_minus_ln_ns": 0.25, "cnn_frac_ceiling":
 
 def main(argv=None) -> dict:
     """Simulate the retina, train LN and CNN on both classes and data sizes, evaluate, save."""
-    p = utils.make_parser("CNN vs LN models (McIntosh et al. 2016) on a simulated retina.")
+    p = utils.make_parser(
+        "07_retina_cnn",
+        "CNN vs LN models (McIntosh et al. 2016) on a simulated retina.",
+    )
     p.add_argument("--steps", type=utils.check(int, lambda v: v >= 100, "an integer >= 100"),
                    help="CNN training steps (default 500)")
     p.add_argument("--minutes", type=utils.check(float, lambda v: 0.5 <= v <= 30, "a number in "

@@ -3,13 +3,12 @@ variances, PES bookkeeping at resets, the pathologies combiner, the learned opti
 and the script's command line. Thresholds come from the maths (a few standard errors) or from the
 papers' claims as re-measured in shared/papers/04, never from what the code happened to print."""
 
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load
+from conftest import load, quick_run
 from jax.test_util import check_grads
 
 pes = load("04_pes_outer_training")
@@ -214,17 +213,14 @@ def test_gradients_in_float64():
         check_grads(short, (jnp.array([-1.0, -2.0]),), order=1, modes=["rev"])  # TBPTT's gradient
 
 
-def test_quick_main_writes_results(tmp_path):
-    record = pes.main(["--quick", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "04_pes_outer_training.json").read_text())
-    assert (tmp_path / "04_pes_outer_training.png").stat().st_size > 10_000
+def test_quick_run_headlines(tmp_path_factory):
+    """The session's one quick run (tests/conftest.py runs it as a notebook)."""
+    saved = record = quick_run("04_pes_outer_training", tmp_path_factory)["record"]
     m = saved["metrics"]
     for name in ("theta_pes_influence", "theta_tes_influence", "schedule_loss_pes",
                  "schedule_loss_tes", "lopt_to_adam_mean_loss_ratio"):
         assert name in m and len(m[name]["per_seed"]) == 3
     assert all(np.isfinite(v["mean"]) for v in m.values())
-    for key in ("paper", "config", "paper_values", "compile_s", "run_s", "env", "created_utc"):
-        assert key in saved
     # the issue's toy headlines, at quick size (3000 IB steps, 1000 schedule steps)
     assert max(abs(t + 1 / 6) for t in m["theta_pes_influence"]["per_seed"]) < 1e-3
     assert min(m["theta_tes_influence"]["per_seed"] + m["theta_tbptt1_influence"]["per_seed"]) > 1

@@ -2,14 +2,13 @@
 PBT bookkeeping, a short self-training run with no hand-designed optimizer, and the command
 line. Thresholds come from the maths, the notes' measured prototype or the paper's claim."""
 
-import json
 from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load
+from conftest import load, quick_run
 
 st = load("05_self_training")
 CFG = st.Config(**st.QUICK)  # shared shapes: compiled programs are reused via the cache
@@ -187,15 +186,12 @@ def test_self_training_without_any_hand_designed_optimizer(monkeypatch):
     assert np.all(elite[0] - elite[-1] >= 0.3)
 
 
-def test_quick_main_writes_results(tmp_path):
-    record = st.main(["--quick", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "05_self_training.json").read_text())
-    assert (tmp_path / "05_self_training.png").stat().st_size > 10_000
+def test_quick_run_self_trains(tmp_path_factory):
+    """The session's one quick run (tests/conftest.py runs it as a notebook)."""
+    saved = record = quick_run("05_self_training", tmp_path_factory)["record"]
     for name in ("self_minus_tuned_gd", "self_minus_adam_outer", "feedback_gain"):
         assert name in saved["metrics"] and len(saved["metrics"][name]["per_seed"]) == 3
     assert all(np.isfinite(v["mean"]) for v in saved["metrics"].values())
-    for key in ("paper", "config", "paper_values", "compile_s", "run_s", "env", "created_utc"):
-        assert key in saved
     m = record["metrics"]  # R1 in quick mode: self-training moves well below the random start
     assert m["test_best_self"]["mean"] < m["val_best_random_init"]["mean"] - 0.5
 

@@ -2,11 +2,10 @@
 
 import glob
 import os
-import sys
 
 import jupytext
 import pytest
-from conftest import ROOT
+from conftest import ROOT, check_results_contract, quick_run
 
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "0[1-7]_*.py")))
 
@@ -45,13 +44,10 @@ def test_jupytext_round_trip(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_runs_as_notebook(name, tmp_path, monkeypatch):
-    """Execute the code cells in order, in a fresh namespace, as a Jupyter kernel would."""
-    monkeypatch.chdir(tmp_path)  # results/ lands in the temporary folder
-    monkeypatch.setattr(sys, "argv", ["ipykernel_launcher.py", "-f", "kernel.json"])
-    monkeypatch.setenv("QUICK", "1")
-    namespace = {"__name__": "__main__"}
-    for i, c in enumerate(cells(name)):
-        if c.cell_type == "code":
-            exec(compile(c.source, f"{name}[cell {i}]", "exec"), namespace)
-    assert (tmp_path / "results" / f"{name[:-3]}.json").exists()
+def test_runs_as_notebook(name, tmp_path_factory):
+    """The one quick run of each script per test session: executed cell by cell as a kernel
+    would (QUICK=1), it writes results that keep the contract and displays its figure."""
+    stem = name[:-3]
+    run = quick_run(stem, tmp_path_factory)
+    check_results_contract(run["record"], stem, run["out"], quick=True)
+    assert run["figures_shown"] >= 1, "no figure was left open for the notebook to display"
