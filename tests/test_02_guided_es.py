@@ -2,15 +2,13 @@
 the race, and the script's command line. Thresholds come from the maths (a few standard errors)
 or from the paper's claim, never from what the code happened to print."""
 
-import json
 from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load
-from jax.test_util import check_grads
+from conftest import load, quick_run
 
 ges = load("02_guided_es")
 
@@ -168,13 +166,12 @@ def test_zero_surrogate_gives_no_nan():
     assert np.all(np.isfinite(g))
 
 
-def test_hand_written_gradient_and_check_grads():
+def test_hand_written_gradient_and_residual_gap():
     with jax.enable_x64(True):
         cfg = ges.Config(n=6, m=9)
         prob = ges.make_data(jax.random.key(12), cfg)
         prob = dict(prob, bias=jnp.zeros(6))
         x = jax.random.normal(jax.random.key(13), (6,), jnp.float64)
-        check_grads(lambda z: ges.loss(z, prob), (x,), order=2, modes=["rev"])
         g = ges.surrogate(jax.random.key(14), ges.residual(x, prob), prob, 0.0)  # no bias, no noise
         np.testing.assert_allclose(g, jax.grad(ges.loss)(x, prob), rtol=1e-10)
         # the residual form of the gap equals f(x) - f(x*)
@@ -242,16 +239,23 @@ def test_race_guided_es_beats_both_baselines():
     assert med["ges"][200] < min(med["sgd"][200], med["es"][200])
 
 
-def test_quick_main_writes_results(tmp_path):
-    record = ges.main(["--quick", "--out", str(tmp_path)])
-    saved = json.loads((tmp_path / "02_guided_es.json").read_text())
-    assert (tmp_path / "02_guided_es.png").stat().st_size > 10_000
-    for name in ("gap_ratio_ges_to_es", "gap_ratio_ges_to_sgd"):
-        assert name in saved["metrics"] and len(saved["metrics"][name]["per_seed"]) == 3
-    assert all(np.isfinite(v["mean"]) for v in saved["metrics"].values())
-    assert record["metrics"]["mc_max_rel_error"]["mean"] < 0.03
-    for key in ("paper", "config", "paper_values", "compile_s", "run_s", "env", "created_utc"):
-        assert key in saved
+def test_quick_run_reproduces_the_ordering(tmp_path_factory):
+    """The session's one quick run (tests/conftest.py runs it as a notebook): the closed form
+    holds to the issue's 3% and, at the notebook's settings, Guided ES beats both baselines
+    on every seed (shared/papers/02 §4.7)."""
+    metrics = quick_run("02_guided_es", tmp_path_factory)["record"]["metrics"]
+    assert metrics["mc_max_rel_error"]["mean"] < 0.03
+    assert max(metrics["gap_ratio_ges_to_es"]["per_seed"]) < 1
+    assert max(metrics["gap_ratio_ges_to_sgd"]["per_seed"]) < 1
+
+
+def test_grid_edges():
+    cfg = ges.Config(eff_lrs=(0.1, 0.2, 0.4), tuned_alphas=(0.5, 0.75, 0.9))
+    assert ges.grid_edges("es", 1, cfg) == []
+    assert ges.grid_edges("es", 2, cfg) == ["vanilla ES step size"]
+    assert ges.grid_edges("ges", 4, cfg) == []  # step size 0.2, α = 0.75: inside both grids
+    assert ges.grid_edges("ges", 7, cfg) == ["Guided ES α"]  # step size 0.2, α = 0.9
+    assert ges.grid_edges("sgd", 0, cfg) == ["SGD on surrogate step size"]
 
 
 @pytest.mark.parametrize(

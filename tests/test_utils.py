@@ -4,12 +4,14 @@ divergence, the chunked scan runner, Adam, clipping and sharding.
 The failure rows of issue 11 are tested here, each as a user meets it: a script run as a
 process where the row is about what a process prints and returns."""
 
+import importlib.machinery
 import json
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import jax.numpy as jnp
@@ -357,3 +359,35 @@ def test_clip_by_global_norm():
     np.testing.assert_allclose(clipped["b"], [[0.8]], rtol=1e-6)
     same, _ = utils.clip_by_global_norm(grads, 10.0)  # under the limit: unchanged
     np.testing.assert_array_equal(same["a"], grads["a"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU check (.ci/gpu): its table, from README's CPU headlines and a run's results
+
+
+def load_gpu_check():
+    loader = importlib.machinery.SourceFileLoader("ci_gpu", os.path.join(ROOT, ".ci", "gpu"))
+    module = types.ModuleType(loader.name)
+    module.__file__ = loader.path
+    loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_table():
+    gpu = load_gpu_check()
+    cpu = gpu.cpu_headlines(os.path.join(ROOT, "README.md"))
+    assert sorted(cpu) == [f"0{i}" for i in range(1, 8)]  # one headline per script
+    runs = [
+        {"name": "pytest", "wall_s": 100.0, "code": 0, "output": "...\n170 passed in 99.0s\n"},
+        {"name": "02_guided_es", "wall_s": 61.2, "code": 0, "output": ""},
+        {"name": "07_retina_cnn", "wall_s": 9.0, "code": 1, "output": "Traceback"},
+    ]
+    metric = utils.summarize([0.1, 0.14])
+    record = {"metrics": {"gap_ratio_ges_to_es": metric}, "compile_s": 20.4, "run_s": 39.6}
+    rows = gpu.table_rows(runs, {"02_guided_es": record}, cpu)
+    assert rows[2] == "| tests | 100 s | | | 170 passed in 99.0s (exit 0) | |"
+    assert rows[3].startswith(
+        "| 02_guided_es | 61 s | 20 s | 40 s | gap_ratio_ges_to_es 0.12 ± 0.02 |"
+    )
+    assert rows[3].endswith(f"| {cpu['02']} |")
+    assert rows[4] == "| 07_retina_cnn | 9 s | | | failed (exit 1) | |"
