@@ -84,7 +84,7 @@ class Config:
     lr_sgd: float = 5e-3  # η for SGD on the surrogate (notebook: 5e-3)
     # the honest comparison (ours): step sizes tuned on a held-out problem
     eff_lrs: tuple = (0.2, 0.4, 0.8, 1.6, 3.2)  # η·β tried for vanilla ES and Guided ES
-    sgd_lrs: tuple = (1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)  # η tried for surrogate SGD
+    sgd_lrs: tuple = (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)  # η for surrogate SGD
     tuned_alphas: tuple = (0.25, 0.5, 0.75, 0.9, 0.97)  # α tried for Guided ES
     # the bias-variance panel (ours): a linear f in n_mc dimensions, subspace of size k_mc
     n_mc: int = 100
