@@ -232,9 +232,10 @@ def adam(lr: Union[float, Callable], b1: float = 0.9, b2: float = 0.999, eps: fl
         v = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state["v"], grads)
 
         def step(p, m, v):
-            m_hat = m / (1 - b1**t)  # bias corrections: m and v start at zero
-            v_hat = v / (1 - b2**t)
-            return p - rate * m_hat / (jnp.sqrt(v_hat) + eps)
+            # p - lr m̂ / (√v̂ + eps), with the bias corrections m̂ = m / (1 - b1^t) and
+            # v̂ = v / (1 - b2^t) (m and v start at zero); written in the first edition's order
+            # of operations, so that the scripts' float32 results stay bit for bit the same
+            return p - rate * m / (1 - b1**t) / (jnp.sqrt(v / (1 - b2**t)) + eps)
 
         return tree_map(step, params, m, v), {"m": m, "v": v, "t": t}
 
