@@ -52,7 +52,7 @@
 # %%
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,7 @@ import numpy as np
 import utils
 
 STEM = "02_guided_es"
+Scalar = Union[float, jax.Array, np.ndarray]  # a number, or an array of them (broadcasts)
 
 
 # %%
@@ -89,8 +90,8 @@ class Config:
     sgd_lrs: tuple = (3.125e-4, 6.25e-4, 1.25e-3, 2.5e-3, 5e-3, 1e-2, 2e-2)  # η for surrogate SGD
     tuned_alphas: tuple = (0.25, 0.5, 0.75, 0.9, 0.97)  # α tried for Guided ES
     # the bias-variance panel (ours): a linear f in n_mc dimensions, subspace of size k_mc
-    n_mc: int = 100
-    k_mc: int = 5
+    n_mc: int = 100  # n: dimension of the linear test function
+    k_mc: int = 5  # k: dimension of its guiding subspace
     pairs_mc: int = 10  # P; with P = 1 every α gives an error within 10% of 1 at n = 100
     rho2s: tuple = (0.03, 0.12, 0.4)  # ρ²: one per regime of α* (1, interior, 0)
     mc_samples: int = 10_000  # estimates per (α, ρ²) point
@@ -181,7 +182,9 @@ def orthonormal_basis(G: jax.Array) -> jax.Array:
     return jnp.linalg.qr(G, mode="reduced")[0]
 
 
-def sample_perturbations(key, U, sigma, alpha, num_pairs) -> jax.Array:
+def sample_perturbations(
+    key: jax.Array, U: jax.Array, sigma: float, alpha: Scalar, num_pairs: int
+) -> jax.Array:
     """(num_pairs, n) draws of ε ~ N(0, σ²Σ), Σ = (α/n)I + ((1-α)/k)UUᵀ, in O(nk) each."""
     n, k = U.shape
     k_full, k_sub = jax.random.split(key)
@@ -224,7 +227,16 @@ if utils.in_notebook():
 
 
 # %%
-def guided_es_grad(key, f, x, U, sigma, alpha, beta, num_pairs) -> jax.Array:
+def guided_es_grad(
+    key: jax.Array,
+    f: Callable,
+    x: jax.Array,
+    U: jax.Array,
+    sigma: float,
+    alpha: Scalar,
+    beta: Scalar,
+    num_pairs: int,
+) -> jax.Array:
     """Antithetic Guided ES estimate g of ∇f(x) (n,). f maps (n,) -> scalar; vmappable in key."""
     eps = sample_perturbations(key, U, sigma, alpha, num_pairs)  # (P, n)
     f_plus_minus = jax.vmap(f)(jnp.concatenate([x + eps, x - eps]))  # (2P,), one batched call
@@ -260,7 +272,7 @@ def guided_es_grad(key, f, x, U, sigma, alpha, beta, num_pairs) -> jax.Array:
 
 
 # %%
-def moments(alpha, rho2, n, k) -> tuple:
+def moments(alpha: Scalar, rho2: Scalar, n: int, k: int) -> tuple:
     """(m1, m2): the first two moments of Σ's eigenvalues, weighted by where the gradient lies."""
     lam_s = alpha / n + (1 - alpha) / k  # Σ's eigenvalue on span U
     lam_o = alpha / n  # ... and off it
@@ -269,19 +281,21 @@ def moments(alpha, rho2, n, k) -> tuple:
     return m1, m2
 
 
-def expected_error(alpha, beta, rho2, n, k, num_pairs):
+def expected_error(
+    alpha: Scalar, beta: Scalar, rho2: Scalar, n: int, k: int, num_pairs: int
+) -> Scalar:
     """Normalised squared error E|g - ∇f|² / |∇f|² of the estimate for a linear f."""
     m1, m2 = moments(alpha, rho2, n, k)
     return 1 - 2 * beta * m1 + beta**2 * (m2 + (m1 + m2) / num_pairs)
 
 
-def optimal_beta(alpha, rho2, n, k, num_pairs):
+def optimal_beta(alpha: Scalar, rho2: Scalar, n: int, k: int, num_pairs: int) -> Scalar:
     """β* minimising expected_error at this α."""
     m1, m2 = moments(alpha, rho2, n, k)
     return num_pairs * m1 / ((num_pairs + 1) * m2 + m1)
 
 
-def optimal_alpha(rho2, n, k, num_pairs):
+def optimal_alpha(rho2: Scalar, n: int, k: int, num_pairs: int) -> jax.Array:
     """α* minimising expected_error(α, β*(α)): 1, interior, or 0 depending on ρ²."""
     c = 2 * num_pairs + 2
     numerator = n * rho2 * ((n + c) * rho2 - (k + c))
@@ -304,13 +318,21 @@ if utils.in_notebook():
 
 
 # %% [markdown]
-# Monte Carlo check of the closed form: a linear $f(x) = h^\top x$ with a chosen ρ² (by rotation
-# invariance U can be the first k axes), many estimates per α at β = β*(α).
+# ## Experiment 1: the closed form against Monte Carlo
+# A linear $f(x) = h^\top x$ with a chosen ρ² (by rotation invariance U can be the first k
+# axes), many estimates per α at β = β*(α); the Monte Carlo mean should sit within a few of its
+# standard errors of the closed form at every point.
+#
+# > Every point reuses the same random draws (one key), so the dots along a curve share their
+# > noise: they look smoother than independent estimates would.
 
 
 # %%
-def mc_error(key, alpha, rho2, n, k, num_pairs, samples):
-    """Monte Carlo E|g - h|²/|h|² at β*(α) for a linear f, gradient h with share ρ² in U."""
+def mc_error(
+    key: jax.Array, alpha: Scalar, rho2: Scalar, n: int, k: int, num_pairs: int, samples: int
+) -> tuple:
+    """Monte Carlo E|g - h|²/|h|² at β*(α) for a linear f, gradient h with share ρ² in U:
+    returns (the mean over `samples` estimates, its standard error)."""
     U = jnp.eye(n, k)
     h = jnp.zeros(n).at[0].set(jnp.sqrt(rho2)).at[k].set(jnp.sqrt(1 - rho2))
     beta = optimal_beta(alpha, rho2, n, k, num_pairs)
@@ -322,7 +344,8 @@ def mc_error(key, alpha, rho2, n, k, num_pairs, samples):
         return guided_es_grad(key, linear, jnp.zeros(n), U, 1.0, alpha, beta, num_pairs)
 
     g = jax.vmap(estimate)(jax.random.split(key, samples))
-    return jnp.mean(jnp.sum((g - h) ** 2, axis=1))
+    errors = jnp.sum((g - h) ** 2, axis=1)  # |h| = 1
+    return jnp.mean(errors), jnp.std(errors) / jnp.sqrt(samples)
 
 
 def bias_variance_panel(cfg: Config, key: jax.Array) -> dict:
@@ -340,14 +363,18 @@ def bias_variance_panel(cfg: Config, key: jax.Array) -> dict:
 
     points = jnp.stack([grid_alpha.ravel(), grid_rho2.ravel()], axis=1)
     compiled, compile_s = utils.compile_timed(all_points, points)
-    monte_carlo = np.asarray(compiled(points)).reshape(grid_alpha.shape)
+    mean, standard_error = compiled(points)
+    monte_carlo = np.asarray(mean).reshape(grid_alpha.shape)
+    standard_error = np.asarray(standard_error).reshape(grid_alpha.shape)
     beta = optimal_beta(grid_alpha, grid_rho2, *shape)
     closed_form = np.asarray(expected_error(grid_alpha, beta, grid_rho2, *shape))
     alpha_star = [float(optimal_alpha(r, *shape)) for r in cfg.rho2s]
-    worst = float(np.max(np.abs(monte_carlo / closed_form - 1)))
+    worst_z = float(np.max(np.abs(monte_carlo - closed_form) / standard_error))
+    worst_relative = float(np.max(np.abs(monte_carlo / closed_form - 1)))
     print(
         f"bias-variance (n={cfg.n_mc}, k={cfg.k_mc}, P={cfg.pairs_mc}): Monte Carlo within "
-        f"{worst:.2%} of the closed form (bar: 3%); α* = "
+        f"{worst_z:.1f} standard errors ({worst_relative:.2%}) of the closed form at all "
+        f"{monte_carlo.size} points (bar: 4 standard errors); α* = "
         + ", ".join(f"{a:.2f} at ρ² = {r}" for a, r in zip(alpha_star, cfg.rho2s))
     )
     return dict(
@@ -356,12 +383,29 @@ def bias_variance_panel(cfg: Config, key: jax.Array) -> dict:
         closed_form=closed_form,
         alpha_star=alpha_star,
         compile_s=compile_s,
-        metrics={"mc_max_rel_error": utils.summarize(worst)},
+        metrics={
+            "mc_max_z": utils.summarize(worst_z),
+            "mc_max_rel_error": utils.summarize(worst_relative),
+        },
     )
 
 
+def plot_bias_variance(ax: plt.Axes, cfg: Config, mc: dict) -> None:
+    """Panel (c): the estimator's error against α, closed form and Monte Carlo."""
+    for j, rho2 in enumerate(cfg.rho2s):
+        ax.plot(mc["alphas"], mc["closed_form"][j], color=f"C{j}", label=f"ρ² = {rho2}")
+        ax.plot(mc["alphas"], mc["monte_carlo"][j], "o", color=f"C{j}", ms=4)
+        ax.axvline(mc["alpha_star"][j], color=f"C{j}", ls=":", lw=1)
+    ax.set(xlabel="α", ylabel="E|g − ∇f|² / |∇f|²  at β*(α)")
+    ax.set_title(
+        f"Error of g (n={cfg.n_mc}, k={cfg.k_mc}, P={cfg.pairs_mc})\n"
+        "lines: closed form, dots: Monte Carlo, dotted: α*"
+    )
+    ax.legend(fontsize=7)
+
+
 # %% [markdown]
-# ## The race (Fig. 1b)
+# ## The race: one scan per run
 # Three optimisers, each one `lax.scan` over steps, vmapped over problem seeds and over
 # hyperparameter settings: SGD on the surrogate, vanilla ES (α = 1, β = 1) and Guided ES. The
 # loop carries the FIFO of the last k surrogates; we log the gap at x *before* each update, as
@@ -379,7 +423,7 @@ class RaceState(NamedTuple):
     key: jax.Array
 
 
-def make_train(cfg: Config, method: str):
+def make_train(cfg: Config, method: str) -> tuple:
     """Returns (init(key, prob), run(state, prob, hp, num_steps)) for method 'sgd' | 'es' | 'ges'.
 
     hp = dict(lr, alpha, beta) holds traced scalars, so one compile serves a whole grid."""
@@ -431,7 +475,16 @@ def report_tuning(gaps_now: np.ndarray) -> dict:
     return {"median_gap": median, "diverged": int(np.sum(~finite))}
 
 
-def race(cfg, method, keys, probs, hp, label, t0, report=report_race) -> tuple:
+def race(
+    cfg: Config,
+    method: str,
+    keys: jax.Array,
+    probs: dict,
+    hp: dict,
+    label: str,
+    t0: float,
+    report: Callable = report_race,
+) -> tuple:
     """Run `method` for every setting in hp (arrays of shape (H,)) on every problem in probs
     (leading axis S; keys (S,)). Returns (gaps (H, S, steps + 1), compile seconds): the gap
     before each step and after the last one."""
@@ -462,25 +515,7 @@ def race(cfg, method, keys, probs, hp, label, t0, report=report_race) -> tuple:
 
 
 # %% [markdown]
-# > A small race you can watch (n = 100, 300 steps, one problem): Guided ES pulls ahead of both
-# > baselines within a few hundred steps.
-
-# %%
-if utils.in_notebook():
-    cfg_demo = Config(n=100, m=200, steps=300, chunks=1)
-    keys_demo = jax.random.split(jax.random.key(0), 1)
-    probs_demo = jax.vmap(make_data, in_axes=(0, None))(keys_demo, cfg_demo)
-    for method_demo, setting in {"sgd": (5e-3, 1.0, 1.0), "es": (0.2, 1.0, 1.0)}.items():
-        hp_demo = {name: jnp.array([v]) for name, v in zip(("lr", "alpha", "beta"), setting)}
-        race(
-            cfg_demo, method_demo, keys_demo, probs_demo, hp_demo, method_demo, time.perf_counter()
-        )
-    hp_demo = dict(lr=jnp.array([0.2]), alpha=jnp.array([0.5]), beta=jnp.array([2.0]))
-    race(cfg_demo, "ges", keys_demo, probs_demo, hp_demo, "ges", time.perf_counter())
-
-
-# %% [markdown]
-# ## Experiment 1: the race at the notebook's settings (Fig. 1b)
+# ## Experiment 2: the race at the notebook's settings (Fig. 1b)
 # Reference values: the paper's Fig. 1b gives curves only. Our notes re-ran the TF1 demo
 # notebook (n = 1000, its seed 2) line by line and read off the final gaps below; ratios from
 # those: Guided ES / vanilla ES = 0.13, Guided ES / SGD = 0.067.
@@ -492,7 +527,7 @@ NAMES = {"sgd": "SGD on surrogate", "es": "vanilla ES", "ges": "Guided ES"}
 COLORS = {"sgd": "tab:red", "es": "tab:blue", "ges": "tab:green"}
 
 
-def hyperparameters(lrs, alphas, beta) -> dict:
+def hyperparameters(lrs: Scalar, alphas: Scalar, beta: float) -> dict:
     """A grid of settings as equal-length float32 arrays: dict(lr, alpha, beta)."""
     lrs, alphas = np.broadcast_arrays(np.asarray(lrs, np.float32), np.asarray(alphas, np.float32))
     return dict(lr=jnp.asarray(lrs), alpha=jnp.asarray(alphas), beta=jnp.full(lrs.shape, beta))
@@ -512,13 +547,15 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> dict:
     return utils.summarize(numerator / denominator)
 
 
-def notebook_race(cfg: Config, evaluate: tuple, t0: float) -> dict:
+def notebook_race(cfg: Config, evaluate: tuple) -> dict:
     """Experiment: the three methods at the notebook's settings on the evaluation problems.
     Prints one line; returns the gap curves {method: (S, steps + 1)}, the final gaps, the
     compile time and the metrics."""
-    curves, compile_s = {}, 0.0
+    start = time.perf_counter()
+    curves = {}
+    compile_s = 0.0
     for method, hp in notebook_settings(cfg).items():
-        gaps, seconds = race(cfg, method, *evaluate, hp, f"{method} (notebook)", t0)
+        gaps, seconds = race(cfg, method, *evaluate, hp, f"{method} (notebook)", start)
         curves[method] = gaps[0]
         compile_s += seconds
     final = {method: c[:, -1] for method, c in curves.items()}
@@ -537,14 +574,34 @@ def notebook_race(cfg: Config, evaluate: tuple, t0: float) -> dict:
                 ("Guided ES / SGD", metrics["gap_ratio_ges_to_sgd"], "notebook 0.067"),
             ],
             compile_s,
-            time.perf_counter() - t0 - compile_s,
+            time.perf_counter() - start - compile_s,
         )
     )
     return dict(curves=curves, final=final, compile_s=compile_s, metrics=metrics)
 
 
+def log_mean_std(x: np.ndarray, axis: int) -> tuple:
+    """Mean and std of log10(x): for quantities spanning decades."""
+    lg = np.log10(np.maximum(x, 1e-12))
+    return lg.mean(axis), lg.std(axis)
+
+
+def plot_race(ax: plt.Axes, cfg: Config, curves: dict) -> None:
+    """Panel (a): the gap against the step at the notebook's settings, log-mean ± std."""
+    steps = np.arange(cfg.steps + 1)
+    for method, gaps in curves.items():
+        mu, sd = log_mean_std(gaps, 0)
+        color = COLORS[method]
+        ax.plot(steps, 10**mu, color=color, label=f"{NAMES[method]} (ours, n={cfg.n})")
+        ax.fill_between(steps, 10 ** (mu - sd), 10 ** (mu + sd), color=color, alpha=0.2)
+        ax.axhline(REFERENCE_GAPS[method], color=color, ls="--", lw=1, label="TF1 notebook, end")
+    ax.set(yscale="log", xlabel="iteration", ylabel="f(x) − f*  (log-mean ± sd over seeds)")
+    ax.set_title("Perturbed quadratic, notebook settings (cf. Fig. 1b)")
+    ax.legend(fontsize=7)
+
+
 # %% [markdown]
-# ## Experiment 2: the honest comparison
+# ## Experiment 3: the honest comparison
 # The notebook gives vanilla ES the same η as Guided ES but half its β, and under plain SGD only
 # the product η·β matters. So we tune: η·β for vanilla ES and Guided ES (Guided ES also over
 # α), η for surrogate SGD, each chosen by its final gap on a held-out problem, then rerun
@@ -576,14 +633,19 @@ def grid_edges(method: str, index: int, cfg: Config) -> list:
     return edges
 
 
-def tuned_comparison(cfg: Config, evaluate: tuple, held_out: tuple, race_1: dict, t0) -> dict:
+def tuned_comparison(cfg: Config, evaluate: tuple, held_out: tuple, at_notebook: dict) -> dict:
     """Experiment: each method tuned on the held-out problem, then run on the evaluation
-    problems. `race_1` is notebook_race's result, reused where tuning picks the notebook's own
-    setting. Prints one line; returns the final gaps, the chosen settings and the metrics."""
-    notebook, final, chosen, edges, compile_s = notebook_settings(cfg), {}, {}, [], 0.0
+    problems. `at_notebook` is notebook_race's result, reused where tuning picks the notebook's
+    own setting. Prints one line; returns the final gaps, the chosen settings and the metrics."""
+    start = time.perf_counter()
+    notebook = notebook_settings(cfg)
+    final = {}
+    chosen = {}
+    edges = []
+    compile_s = 0.0
     for method, hp in grids(cfg).items():
         label = f"{method} (tuning)"
-        gaps, seconds = race(cfg, method, *held_out, hp, label, t0, report=report_tuning)
+        gaps, seconds = race(cfg, method, *held_out, hp, label, start, report=report_tuning)
         compile_s += seconds
         score = np.where(np.isfinite(gaps[:, 0, -1]), gaps[:, 0, -1], np.inf)  # (H,)
         index = int(np.argmin(score))
@@ -591,9 +653,9 @@ def tuned_comparison(cfg: Config, evaluate: tuple, held_out: tuple, race_1: dict
         chosen[method] = {name: float(v[0]) for name, v in best.items()}
         edges += grid_edges(method, index, cfg)
         if all(np.array_equal(best[h], notebook[method][h]) for h in best):
-            final[method] = race_1["final"][method]  # the notebook's own setting: already run
+            final[method] = at_notebook["final"][method]  # the notebook's own setting: done
             continue
-        gaps, seconds = race(cfg, method, *evaluate, best, f"{method} (tuned)", t0)
+        gaps, seconds = race(cfg, method, *evaluate, best, f"{method} (tuned)", start)
         final[method] = gaps[0, :, -1]
         compile_s += seconds
     metrics = {
@@ -613,38 +675,13 @@ def tuned_comparison(cfg: Config, evaluate: tuple, held_out: tuple, race_1: dict
                 ("Guided ES / SGD", metrics["tuned_gap_ratio_ges_to_sgd"], "no reference"),
             ],
             compile_s,
-            time.perf_counter() - t0 - compile_s - race_1["compile_s"],
+            time.perf_counter() - start - compile_s,
         )
     )
     return dict(final=final, chosen=chosen, grid_edges=edges, compile_s=compile_s, metrics=metrics)
 
 
-# %% [markdown]
-# ## Figure
-
-
-# %%
-def log_mean_std(x: np.ndarray, axis: int) -> tuple:
-    """Mean and std of log10(x): for quantities spanning decades."""
-    lg = np.log10(np.maximum(x, 1e-12))
-    return lg.mean(axis), lg.std(axis)
-
-
-def plot_race(ax, cfg: Config, curves: dict) -> None:
-    """Panel (a): the gap against the step at the notebook's settings, log-mean ± std."""
-    steps = np.arange(cfg.steps + 1)
-    for method, gaps in curves.items():
-        mu, sd = log_mean_std(gaps, 0)
-        color = COLORS[method]
-        ax.plot(steps, 10**mu, color=color, label=f"{NAMES[method]} (ours, n={cfg.n})")
-        ax.fill_between(steps, 10 ** (mu - sd), 10 ** (mu + sd), color=color, alpha=0.2)
-        ax.axhline(REFERENCE_GAPS[method], color=color, ls="--", lw=1, label="TF1 notebook, end")
-    ax.set(yscale="log", xlabel="iteration", ylabel="f(x) − f*  (log-mean ± sd over seeds)")
-    ax.set_title("Perturbed quadratic, notebook settings (cf. Fig. 1b)")
-    ax.legend(fontsize=7)
-
-
-def plot_tuned(ax, notebook_final: dict, tuned_final: dict) -> None:
+def plot_tuned(ax: plt.Axes, notebook_final: dict, tuned_final: dict) -> None:
     """Panel (b): the final gap per method, at the notebook's settings and tuned."""
     for j, final in enumerate([notebook_final, tuned_final]):
         mu, sd = log_mean_std(np.array([final[m] for m in NAMES]), 1)
@@ -661,30 +698,6 @@ def plot_tuned(ax, notebook_final: dict, tuned_final: dict) -> None:
         )
     ax.set(yscale="log", xticks=range(3), xticklabels=list(NAMES.values()), ylabel="final gap")
     ax.set_title("Notebook settings (light) vs each tuned (dark)")
-
-
-def plot_bias_variance(ax, cfg: Config, mc: dict) -> None:
-    """Panel (c): the estimator's error against α, closed form and Monte Carlo."""
-    for j, rho2 in enumerate(cfg.rho2s):
-        ax.plot(mc["alphas"], mc["closed_form"][j], color=f"C{j}", label=f"ρ² = {rho2}")
-        ax.plot(mc["alphas"], mc["monte_carlo"][j], "o", color=f"C{j}", ms=4)
-        ax.axvline(mc["alpha_star"][j], color=f"C{j}", ls=":", lw=1)
-    ax.set(xlabel="α", ylabel="E|g − ∇f|² / |∇f|²  at β*(α)")
-    ax.set_title(
-        f"Error of g (n={cfg.n_mc}, k={cfg.k_mc}, P={cfg.pairs_mc})\n"
-        "lines: closed form, dots: Monte Carlo, dotted: α*"
-    )
-    ax.legend(fontsize=7)
-
-
-def make_figure(cfg: Config, race_1: dict, tuned: dict, mc: dict) -> plt.Figure:
-    """(a) gap vs step at the notebook settings, (b) notebook vs tuned, (c) error vs α."""
-    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
-    plot_race(ax[0], cfg, race_1["curves"])
-    plot_tuned(ax[1], race_1["final"], tuned["final"])
-    plot_bias_variance(ax[2], cfg, mc)
-    fig.tight_layout()
-    return fig
 
 
 # %% [markdown]
@@ -705,9 +718,20 @@ PAPER_VALUES = {
     "shared/papers/02_guided_es.md §3; the paper's Fig. 1b shows curves only",
 }
 HELD_OUT_STREAM = 10_000  # folded into the first seed's key: the tuning problem's own stream
+MONTE_CARLO_STREAM = 20_000  # ... and the bias-variance check's
 
 
-def parse_config(argv) -> tuple:
+def make_figure(cfg: Config, mc: dict, at_notebook: dict, tuned: dict) -> plt.Figure:
+    """(a) gap vs step at the notebook settings, (b) notebook vs tuned, (c) error vs α."""
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
+    plot_race(ax[0], cfg, at_notebook["curves"])
+    plot_tuned(ax[1], at_notebook["final"], tuned["final"])
+    plot_bias_variance(ax[2], cfg, mc)
+    fig.tight_layout()
+    return fig
+
+
+def parse_config(argv: Union[list, None]) -> tuple:
     """The command line -> (args, Config)."""
     parser = utils.make_parser(
         STEM, "Guided ES (Maheswaranathan et al. 2019) on the perturbed quadratic."
@@ -725,7 +749,7 @@ def parse_config(argv) -> tuple:
     cfg = replace(cfg, **{f: v for f, v in given.items() if v is not None})
     if cfg.k >= cfg.n:
         parser.error(f"--k must be in [1, {cfg.n - 1}] (below n = {cfg.n}), got {cfg.k}")
-    return args, replace(cfg, chunks=min(cfg.chunks, cfg.steps))
+    return args, cfg
 
 
 def make_problems(cfg: Config, first_seed: int, num_seeds: int) -> tuple:
@@ -741,17 +765,17 @@ def make_problems(cfg: Config, first_seed: int, num_seeds: int) -> tuple:
     return evaluate, held_out
 
 
-def main(argv=None) -> dict:
-    """Run the race, the tuned comparison and the bias-variance check; save JSON + PNG."""
+def main(argv: Union[list, None] = None) -> dict:
+    """Run the bias-variance check, the race and the tuned comparison; save JSON + PNG."""
     args, cfg = parse_config(argv)
     utils.enable_compilation_cache()
     t0 = time.perf_counter()
     seeds = list(range(args.seed, args.seed + args.seeds))
+    mc = bias_variance_panel(cfg, jax.random.fold_in(jax.random.key(args.seed), MONTE_CARLO_STREAM))
     evaluate, held_out = make_problems(cfg, args.seed, args.seeds)
-    race_1 = notebook_race(cfg, evaluate, t0)
-    tuned = tuned_comparison(cfg, evaluate, held_out, race_1, t0)
-    mc = bias_variance_panel(cfg, jax.random.key(args.seed))
-    compile_s = race_1["compile_s"] + tuned["compile_s"] + mc["compile_s"]
+    at_notebook = notebook_race(cfg, evaluate)
+    tuned = tuned_comparison(cfg, evaluate, held_out, at_notebook)
+    compile_s = mc["compile_s"] + at_notebook["compile_s"] + tuned["compile_s"]
     run_s = time.perf_counter() - t0 - compile_s
     record = dict(
         script=STEM,
@@ -759,7 +783,7 @@ def main(argv=None) -> dict:
         config=asdict(cfg),
         quick=args.quick,
         seeds=seeds,
-        metrics={**race_1["metrics"], **tuned["metrics"], **mc["metrics"]},
+        metrics={**mc["metrics"], **at_notebook["metrics"], **tuned["metrics"]},
         tuned_hyperparameters=tuned["chosen"],
         tuned_on_grid_edge=tuned["grid_edges"],
         alpha_star=dict(zip(map(str, cfg.rho2s), mc["alpha_star"])),
@@ -767,7 +791,7 @@ def main(argv=None) -> dict:
         compile_s=compile_s,
         run_s=run_s,
     )
-    utils.save_results(args.out, STEM, record, make_figure(cfg, race_1, tuned, mc))
+    utils.save_results(args.out, STEM, record, make_figure(cfg, mc, at_notebook, tuned))
     rows = [
         ("Guided ES / ES", record["metrics"]["gap_ratio_ges_to_es"], "notebook 0.13"),
         ("Guided ES / SGD", record["metrics"]["gap_ratio_ges_to_sgd"], "notebook 0.067"),

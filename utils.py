@@ -9,16 +9,18 @@
 """
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +34,11 @@ MAX_SEED = 2**31 - 1  # jax.random.key takes a signed 32-bit seed
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel: demo cells run there, and sys.argv is the kernel's own."""
-    return "ipykernel" in sys.modules or sys.argv[0].endswith("ipykernel_launcher.py")
+    """True inside a Jupyter kernel: demo cells run there, and sys.argv is the kernel's own.
+
+    Decided on sys.argv alone: `%run 02_guided_es.py --seeds 5` in a kernel sets sys.argv to
+    the script's, and then its flags count."""
+    return sys.argv[0].endswith("ipykernel_launcher.py")
 
 
 def check(kind: type, ok: Callable, allowed: str) -> Callable:
@@ -103,6 +108,8 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
 
 def _out_problem(out: str, stem: str) -> str:
     """Why results cannot be written to `out` ("" if they can). Creates `out` if missing."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return "exists and is not a folder"
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):  # the only honest test of writability, root too
@@ -149,7 +156,7 @@ def _take_step(tree, index: int, axis: int):
 
 def run_chunked(
     fn: Callable,
-    carry,
+    carry: Any,
     operands: tuple,
     steps: int,
     chunks: int,
@@ -165,17 +172,20 @@ def run_chunked(
     leaves of `out` hold one entry per step along `step_axis`. After each chunk,
     `report(out at the chunk's last step) -> {name: float}` gives the numbers to print. If one
     of them is not finite the run stops (`Diverged`) naming the first step where it went bad.
+    The chunks are equal, so one compile serves them all: their number is the largest divisor
+    of `steps` that is at most `chunks` (10,000 steps in 5 chunks of 2,000; 7 steps in 1).
+
     Returns (carry, out of all steps as numpy arrays, seconds spent compiling)."""
-    sizes = [steps // chunks] * chunks
-    sizes[-1] += steps % chunks
+    if steps < 1 or chunks < 1:
+        raise ValueError(f"run_chunked needs steps >= 1 and chunks >= 1, got {steps}, {chunks}")
+    chunks = max(d for d in range(1, min(chunks, steps) + 1) if steps % d == 0)
+    n = steps // chunks
     jitted = jax.jit(fn, static_argnums=len(operands) + 1)
-    compiled, compile_s = {}, 0.0
-    for n in sorted(set(sizes)):
-        compiled[n], seconds = compile_timed(jitted, carry, *operands, n)
-        compile_s += seconds
-    outs, done = [], 0
-    for n in sizes:
-        carry, out = compiled[n](carry, *operands)
+    compiled, compile_s = compile_timed(jitted, carry, *operands, n)
+    outs = []
+    done = 0
+    for _ in range(chunks):
+        carry, out = compiled(carry, *operands)
         out = jax.tree_util.tree_map(np.asarray, out)
         outs.append(out)
         done += n
@@ -195,7 +205,7 @@ def run_chunked(
     return carry, joined, compile_s
 
 
-def shard_seeds(tree):
+def shard_seeds(tree: Any) -> Any:
     """Spread the leading (seed or population) axis of every leaf over the local devices.
 
     On one device this returns `tree` unchanged; with several GPUs (or CPU devices forced with
@@ -215,7 +225,9 @@ def shard_seeds(tree):
 # Optimisation
 
 
-def adam(lr: Union[float, Callable], b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+def adam(
+    lr: Union[float, Callable], b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> tuple:
     """Adam (Kingma & Ba 2015) on a pytree: returns (init(params), update(grads, state, params)).
 
     `lr` is a number or a schedule `t -> lr` of the step count t = 0, 1, 2, ..."""
@@ -247,7 +259,7 @@ def clip_by_global_norm(grads, max_norm: float) -> tuple:
 
     Returns (clipped grads, the norm before clipping)."""
     leaves = jax.tree_util.tree_leaves(grads)
-    norm = jnp.sqrt(sum(jnp.sum(g.astype(jnp.float32) ** 2) for g in leaves))
+    norm = jnp.sqrt(sum(jnp.sum(g**2) for g in leaves))
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
     return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads), norm
 
@@ -284,7 +296,7 @@ def progress(t0: float, label: str, step: int, total: int, **metrics) -> None:
 # Results
 
 
-def summarize(per_seed) -> dict:
+def summarize(per_seed: Any) -> dict:
     """{mean, std, per_seed} of a metric measured once per seed."""
     values = np.asarray(per_seed, dtype=np.float64).reshape(-1)
     return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": values.tolist()}
@@ -335,7 +347,9 @@ def _write_together(files: dict) -> None:
 
     Each file is written to a temporary beside it; the old files are kept as hard links until
     every rename has succeeded, and put back if one fails."""
-    temporaries, backups, replaced = {}, {}, []
+    temporaries = {}
+    backups = {}
+    replaced = []
     try:
         for path, data in files.items():
             fd, temporaries[path] = tempfile.mkstemp(
@@ -350,16 +364,20 @@ def _write_together(files: dict) -> None:
         for path in files:
             if os.path.exists(path):
                 backups[path] = temporaries[path] + ".old"
-                os.link(path, backups[path])
+                try:
+                    os.link(path, backups[path])
+                except OSError:  # a filesystem without hard links
+                    shutil.copy2(path, backups[path])
         for path in files:
             os.replace(temporaries[path], path)
             replaced.append(path)
     except BaseException:
         for path in replaced:  # roll back: the old file, or no file where there was none
-            if path in backups:
-                os.replace(backups[path], path)
-            else:
-                os.unlink(path)
+            with contextlib.suppress(OSError):  # one failed restore must not stop the others
+                if path in backups:
+                    os.replace(backups[path], path)
+                else:
+                    os.unlink(path)
         raise
     finally:
         for leftover in list(temporaries.values()) + list(backups.values()):

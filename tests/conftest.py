@@ -29,7 +29,9 @@ def load(stem: str):
 @contextlib.contextmanager
 def notebook_kernel(folder):
     """What a Jupyter kernel looks like to a script: its own argv, QUICK=1, cwd = folder."""
-    saved_argv, saved_cwd, saved_quick = sys.argv, os.getcwd(), os.environ.get("QUICK")
+    saved_argv = sys.argv
+    saved_cwd = os.getcwd()
+    saved_quick = os.environ.get("QUICK")
     sys.argv = ["ipykernel_launcher.py", "-f", "kernel.json"]
     os.environ["QUICK"] = "1"
     os.chdir(folder)
@@ -52,22 +54,34 @@ def quick_run(stem: str, tmp_path_factory) -> dict:
     order, in a fresh namespace, as a kernel would. After each cell, the figures left open are
     what the inline backend would display; they are counted, then closed, as it does.
 
-    Returns {"record": the saved JSON, "out": results folder, "figures_shown": count}."""
+    Returns {"record": the saved JSON, "out": results folder, "figures_shown": count}. A run
+    that failed is not run again: later callers get its error."""
     if stem not in _QUICK_RUNS:
-        folder = tmp_path_factory.mktemp(f"quick_{stem}")
-        namespace = {"__name__": "__main__"}
-        shown = 0
-        plt.close("all")
+        try:
+            _QUICK_RUNS[stem] = _run_as_notebook(stem, tmp_path_factory.mktemp(f"quick_{stem}"))
+        except BaseException as error:
+            _QUICK_RUNS[stem] = error
+    if isinstance(_QUICK_RUNS[stem], BaseException):
+        raise _QUICK_RUNS[stem]
+    return _QUICK_RUNS[stem]
+
+
+def _run_as_notebook(stem: str, folder) -> dict:
+    namespace = {"__name__": "__main__"}
+    shown = 0
+    plt.close("all")
+    try:
         with notebook_kernel(folder):
             for i, cell in enumerate(jupytext.read(os.path.join(ROOT, f"{stem}.py")).cells):
                 if cell.cell_type == "code":
                     exec(compile(cell.source, f"{stem}.py[cell {i}]", "exec"), namespace)
                     shown += len(plt.get_fignums())
                     plt.close("all")
-        out = folder / "results"
-        record = json.loads((out / f"{stem}.json").read_text())
-        _QUICK_RUNS[stem] = {"record": record, "out": out, "figures_shown": shown}
-    return _QUICK_RUNS[stem]
+    finally:
+        plt.close("all")
+    out = folder / "results"
+    record = json.loads((out / f"{stem}.json").read_text())
+    return {"record": record, "out": out, "figures_shown": shown}
 
 
 def check_results_contract(record: dict, stem: str, out, quick: bool = True) -> None:

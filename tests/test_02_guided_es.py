@@ -50,8 +50,13 @@ def test_unbiased_on_quadratic(sigma):
     n, k, alpha, beta, N = 10, 2, 0.3, 1.7, 200_000
     kH, kc, kx, kU, kg = jax.random.split(jax.random.key(3), 5)
     M = jax.random.normal(kH, (n, n))
-    H, c, x0 = M @ M.T / n + jnp.eye(n), jax.random.normal(kc, (n,)), jax.random.normal(kx, (n,))
-    f = lambda x: 0.5 * x @ H @ x + c @ x  # noqa: E731
+    H = M @ M.T / n + jnp.eye(n)
+    c = jax.random.normal(kc, (n,))
+    x0 = jax.random.normal(kx, (n,))
+
+    def f(x):
+        return 0.5 * x @ H @ x + c @ x
+
     U = random_basis(kU, n, k)
     g = jax.vmap(lambda key: ges.guided_es_grad(key, f, x0, U, sigma, alpha, beta, 1))(
         jax.random.split(kg, N)
@@ -64,7 +69,10 @@ def test_unbiased_on_quadratic(sigma):
 def test_vanilla_es_with_beta_n_is_unbiased():
     n, N = 6, 200_000
     x0 = jnp.linspace(-1.0, 1.0, n)
-    f = lambda x: jnp.sum(x**2) + x[0] * x[1]  # noqa: E731
+
+    def f(x):
+        return jnp.sum(x**2) + x[0] * x[1]
+
     true = np.asarray(jax.grad(f)(x0))
     U = jnp.eye(n, 1)
     g = jax.vmap(lambda key: ges.guided_es_grad(key, f, x0, U, 0.3, 1.0, float(n), 1))(
@@ -79,7 +87,10 @@ def test_smoothed_gradient_identity_on_quartic():
     n, k, alpha, beta, N = 8, 2, 0.4, 2.0, 400_000
     U = random_basis(jax.random.key(5), n, k)
     x0 = jnp.linspace(-1.0, 1.0, n)
-    f = lambda x: jnp.sum(x**4)  # noqa: E731
+
+    def f(x):
+        return jnp.sum(x**4)
+
     S = sigma_matrix(np.asarray(U, np.float64), alpha)
     x = np.asarray(x0, np.float64)
     for sigma in (1.0, 0.3):
@@ -96,7 +107,10 @@ def test_smoothed_gradient_identity_on_quartic():
 def test_constant_offset_changes_nothing():
     U = random_basis(jax.random.key(7), 5, 1)
     x0 = jnp.ones(5)
-    f = lambda x: jnp.sum(jnp.sin(x))  # noqa: E731
+
+    def f(x):
+        return jnp.sum(jnp.sin(x))
+
     g1 = ges.guided_es_grad(jax.random.key(8), f, x0, U, 0.1, 0.5, 2.0, 3)
     g2 = ges.guided_es_grad(jax.random.key(8), lambda x: f(x) + 100.0, x0, U, 0.1, 0.5, 2.0, 3)
     np.testing.assert_allclose(g1, g2, rtol=1e-3, atol=1e-4)  # float32 rounding of f + 100
@@ -125,11 +139,11 @@ def test_monte_carlo_error_matches_closed_form(num_pairs):
 def test_mc_error_at_optimal_beta():
     n, k, P, rho2 = 100, 5, 10, 0.4
     for alpha in (0.0, 1.0):
-        mc = float(ges.mc_error(jax.random.key(10), alpha, rho2, n, k, P, 10_000))
+        mc, se = ges.mc_error(jax.random.key(10), alpha, rho2, n, k, P, 10_000)
         closed = float(
             ges.expected_error(alpha, ges.optimal_beta(alpha, rho2, n, k, P), rho2, n, k, P)
         )
-        assert abs(mc / closed - 1) < 0.03
+        assert abs(float(mc) - closed) < 4 * float(se)  # within Monte Carlo noise
 
 
 def test_optimal_beta_closed_forms():
@@ -241,10 +255,11 @@ def test_race_guided_es_beats_both_baselines():
 
 def test_quick_run_reproduces_the_ordering(tmp_path_factory):
     """The session's one quick run (tests/conftest.py runs it as a notebook): the closed form
-    holds to the issue's 3% and, at the notebook's settings, Guided ES beats both baselines
-    on every seed (shared/papers/02 §4.7)."""
+    holds within Monte Carlo noise and, at the notebook's settings, Guided ES beats both
+    baselines on every seed (shared/papers/02 §4.7)."""
     metrics = quick_run("02_guided_es", tmp_path_factory)["record"]["metrics"]
-    assert metrics["mc_max_rel_error"]["mean"] < 0.03
+    # 33 points, each within 4 standard errors: a false alarm has probability 33 · 6e-5 ≈ 0.2%
+    assert metrics["mc_max_z"]["mean"] < 4
     assert max(metrics["gap_ratio_ges_to_es"]["per_seed"]) < 1
     assert max(metrics["gap_ratio_ges_to_sgd"]["per_seed"]) < 1
 

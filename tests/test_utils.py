@@ -274,10 +274,31 @@ def test_run_chunked_equals_one_scan(capsys):
         report=report_value,
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[2] for line in lines] == ["3/10", "6/10", "10/10"]  # chunks 3, 3, 4
+    assert [line.split()[2] for line in lines] == ["5/10", "10/10"]  # 2 equal chunks: 1 compile
     expected = 1.01 ** np.arange(1, 11)
     np.testing.assert_allclose(out["value"], expected, rtol=1e-5)
     assert float(carry) == pytest.approx(expected[-1], rel=1e-5) and compile_s > 0
+
+
+def test_run_chunked_with_fewer_steps_than_chunks(capsys):
+    _, out, _ = utils.run_chunked(
+        cumulative,
+        jnp.float32(1.0),
+        (jnp.float32(2.0),),
+        steps=3,
+        chunks=5,
+        label="toy",
+        t0=0.0,
+        report=report_value,
+    )
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()] == [
+        "1/3",
+        "2/3",
+        "3/3",
+    ]
+    np.testing.assert_array_equal(out["value"], [2.0, 4.0, 8.0])
+    with pytest.raises(ValueError, match="chunks >= 1"):
+        utils.run_chunked(cumulative, 1.0, (2.0,), 3, 0, "toy", 0.0, report_value)
 
 
 def test_run_chunked_stops_at_the_first_bad_step():
