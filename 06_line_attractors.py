@@ -151,8 +151,8 @@ QUICK = dict(
     fp_seeds=512,
     cells=("gru",),
     mod_docs=3_000,
-    mod_steps=600,
-    att_steps=450,
+    mod_steps=500,
+    att_steps=300,
     att_eval=256,
 )
 
@@ -896,7 +896,10 @@ def plane_attractor(cfg: Config, seeds: list, t0: float) -> dict:
     reads = [
         read_network(cfg, take(params, i), c, s) for i, (c, s) in enumerate(zip(corpora, seeds))
     ]
-    metrics = {"plane_accuracy": utils.summarize(acc)}
+    metrics = {
+        "plane_accuracy": utils.summarize(acc),
+        "plane_pc12_var": per_seed(reads, "fp_pc12_var"),  # the first edition's name
+    }
     metrics |= {f"plane_{k}": per_seed(reads, k) for k in SCALARS if k != "valence_corr"}
     print(
         utils.summary_line(

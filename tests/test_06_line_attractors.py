@@ -40,8 +40,13 @@ def test_speed_gradient_is_jacobian_residual():
     """∇q = (J − I)ᵀ(F(h) − h) for a random GRU, and q has correct derivatives (x64)."""
     with jax.enable_x64(True):
         p = cell_params("gru", dtype=jnp.float64)["cell"]
-        F = lambda h: m.cell_step(p, h, jnp.zeros(3))  # noqa: E731
-        q = lambda h: 0.5 * jnp.sum((F(h) - h) ** 2)  # noqa: E731
+
+        def F(h):
+            return m.cell_step(p, h, jnp.zeros(3))
+
+        def q(h):
+            return 0.5 * jnp.sum((F(h) - h) ** 2)
+
         h = jax.random.normal(jax.random.key(2), (4,), jnp.float64)
         J = jax.jacfwd(F)(h)
         np.testing.assert_allclose(jax.grad(q)(h), (J - np.eye(4)).T @ (F(h) - h), rtol=1e-10)
@@ -51,7 +56,10 @@ def test_speed_gradient_is_jacobian_residual():
 def test_tanh_nine_fixed_points_saddles_included():
     """h' = tanh(2h) in 2-D: {0, ±h*}², 4 stable, 4 saddles, 1 source; all minima of q."""
     h0 = jax.random.uniform(jax.random.key(0), (64, 2), minval=-1.5, maxval=1.5)
-    F = lambda h: jnp.tanh(2 * h)  # noqa: E731
+
+    def F(h):
+        return jnp.tanh(2 * h)
+
     fps, q = m.find_fixed_points(F, h0, 1e-12, 3000, 1e-3)
     hs = h_star_tanh2()
     assert len(fps) == 9
@@ -138,9 +146,10 @@ def test_jacobians_match_finite_differences(cell):
         J, Jx = m.linearize(F, h, x)
         assert J.shape == (S, S) and Jx.shape == (S, 3)
         eps = 1e-6
-        fd = lambda f, z, n: np.stack(
-            [(f(z + eps * e) - f(z - eps * e)) / (2 * eps) for e in np.eye(n)], 1  # noqa
-        )
+
+        def fd(f, z, n):
+            return np.stack([(f(z + eps * e) - f(z - eps * e)) / (2 * eps) for e in np.eye(n)], 1)
+
         np.testing.assert_allclose(J, fd(lambda z: F(z, x), h, S), rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(Jx, fd(lambda z: F(h, z), x, 3), rtol=1e-5, atol=1e-9)
 
@@ -209,41 +218,212 @@ def test_training_is_deterministic():
     """The same seed gives the same network; another seed gives another one."""
     cfg = m.Config(n_train=200, n_test=50, hidden=8, embed=8)
     corpus = m.make_data(0, cfg)
-    run = lambda seed: m.fit(cfg, "gru", [corpus], [seed], 3, 1e-2, "gru", 0.0)[0]  # noqa: E731
+
+    def run(seed):
+        return m.fit(cfg, "gru", [corpus], [seed], 3, 1e-2, "gru", 0.0)[0]
+
     p1, p2, p3 = run(0), run(0), run(1)
     np.testing.assert_array_equal(p1["cell"]["U"], p2["cell"]["U"])
     assert not np.array_equal(p1["cell"]["U"], p3["cell"]["U"])
 
 
+def write_rows(path, rows, encoding="utf-8"):
+    path.write_text("\n".join(rows) + "\n", encoding=encoding)
+    return str(path)
+
+
+def good_rows(n=240):
+    """n documents, both labels, every word frequent."""
+    return [f"{'fine nice' if i % 2 else 'poor awful'} day,{i % 2}" for i in range(n)]
+
+
 def test_text_file_is_read(tmp_path):
-    rows = ["text,label", '"good, really good",1', "bad bad,0"] + [
-        f"{'fine nice' if i % 2 else 'poor awful'} day {i},{i % 2}" for i in range(30)
-    ]
-    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n\n")
-    c = m.text_corpus(str(tmp_path / "d.csv"), m.Config(), 0)
-    assert len(c["labels"]) == 32 and c["n_train"] == 29 and sorted(set(c["labels"])) == [0, 1]
+    rows = ["text,label", '"good, really good",1', "bad bad,0"] + good_rows()
+    path = write_rows(tmp_path / "d.csv", rows + [""])
+    c = m.text_corpus(path, m.Config(), 0)
+    assert (
+        len(c["labels"]) == 242 and c["n_train"] == 242 - 24 and sorted(set(c["labels"])) == [0, 1]
+    )
     assert np.all((c["tokens"] > 0).sum(1) >= 2)
-    (tmp_path / "d.tsv").write_text("\n".join(r.replace(",", "\t") for r in rows[3:]))
-    assert len(m.text_corpus(str(tmp_path / "d.tsv"), m.Config(), 0)["labels"]) == 30
+    tsv = write_rows(tmp_path / "d.tsv", [r.replace(",", "\t") for r in good_rows()])
+    assert len(m.text_corpus(tsv, m.Config(), 0)["labels"]) == 240
+
+
+def test_text_file_any_script_and_form_feed(tmp_path):
+    """Words of any script are words; a form feed inside a text is whitespace, not a line end
+    (the first edition split lines there and then blamed the wrong line)."""
+    rows = [f"{'良い 映画' if i % 2 else '悪い 映画'},{i % 2}" for i in range(220)]
+    c = m.text_corpus(write_rows(tmp_path / "ja.csv", rows), m.Config(), 0)
+    assert len(c["labels"]) == 220 and c["tokens"].max() == 4  # PAD, UNK and three words
+    rows = good_rows()
+    rows[5] = "fine\fnice day,1"  # unquoted: only a line end ends the row
+    rows[9] = "fine day,7"
+    with pytest.raises(ValueError, match="line 10: label must be 0 or 1"):
+        m.text_corpus(write_rows(tmp_path / "ff.csv", rows), m.Config(), 0)
+
+
+def non_utf8(tmp_path):
+    path = tmp_path / "latin.csv"
+    data = "\n".join(good_rows()).encode()
+    lines = data.split(b"\n")
+    lines[6] = b"caf\xe9 day,1"
+    path.write_bytes(b"\n".join(lines))
+    return path
+
+
+# The issue's table of bad files: each must stop before training (exit 2) with one line that
+# names the real cause.
+BAD_FILES = {
+    "no word 5 times": (
+        lambda p: write_rows(p, [f"w{i}a w{i}b,{i % 2}" for i in range(250)]),
+        "0 words occur 5 times or more",
+    ),
+    "one class": (lambda p: write_rows(p, ["fine day,1"] * 250), "need both labels"),
+    "no word in a text": (
+        lambda p: write_rows(p, good_rows()[:3] + ["!!! ...,1"] + good_rows()),
+        "line 4: no word in the text",
+    ),
+    "exactly 20": (lambda p: write_rows(p, good_rows(20)), "need 200 documents or more"),
+    "non-UTF-8": (lambda p: str(non_utf8(p.parent)), "line 7: not UTF-8 (byte 0xe9 at column 4)"),
+    "3 columns": (lambda p: write_rows(p, good_rows()[:2] + ["a,b,1"]), "line 3: expected 2"),
+    "label 2": (lambda p: write_rows(p, ["a b,1", "c d,2"]), "line 2: label must be 0 or 1"),
+    "empty": (lambda p: write_rows(p, []), "found 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_data_file_is_refused(tmp_path, capsys, case):
+    make, cause = BAD_FILES[case]
+    path = make(tmp_path / "bad.csv")
+    with pytest.raises(SystemExit) as e:
+        m.main(["--data", path, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "error: --data" in err[-1] and cause in err[-1], err
+    assert not (tmp_path / "out" / "06_line_attractors.json").exists()  # stopped before work
+
+
+# Modifier words: the rule, the corpus, the linearisation
 
 
 @pytest.mark.parametrize(
-    "content, where",
+    "sentence, expected",
     [
-        ("a b,1\nc d,0\ne,f,1\n", "line 3"),
-        ("a b,1\nc d,2\n", "line 2"),
-        ("", "line 1"),
-        ("a b,1\njust text\n", "line 2"),
-        ("a b,1\nc d,0\n", "need 20"),
+        ("good", [1]),
+        ("the awful", [0, -2]),
+        ("not good", [0, -1]),
+        ("not awful", [0, 2]),
+        ("very good", [0, 2]),
+        ("very awesome", [0, 4]),
+        ("not the the the good", [0, 0, 0, 0, -1]),  # 4th token after "not": still flipped
+        ("not the the the the good", [0, 0, 0, 0, 0, 1]),  # 5th: unflipped
+        ("not very good", [0, 0, -2]),  # both apply: −1 × 2
+        ("good not bad very bad", [1, 1, 2, 2, 4]),  # flipped and doubled
+        ("very the good", [0, 0, 1]),  # "very" reaches one token only
     ],
 )
-def test_bad_data_file_is_refused(tmp_path, capsys, content, where):
-    path = tmp_path / "bad.csv"
-    path.write_text(content)
-    with pytest.raises(SystemExit) as e:
-        m.main(["--data", str(path), "--out", str(tmp_path)])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and "error: --data" in err[-1] and where in err[-1]  # one line
+def test_modifier_rule_on_hand_written_sentences(sentence, expected):
+    np.testing.assert_array_equal(m.modifier_targets(sentence.split()), expected)
+
+
+def test_modifier_corpus_follows_the_rule():
+    cfg = m.Config(mod_len=25)
+    corpus = m.modifier_corpus(3, cfg, 300)
+    tokens, targets = corpus["tokens"], corpus["targets"]
+    for doc, target in zip(tokens, targets):
+        words = [m.MOD_WORDS[i] for i in doc]
+        np.testing.assert_array_equal(target, m.modifier_targets(words))
+    is_not = np.argwhere(tokens == m.MOD_ID["not"])
+    for d in range(len(tokens)):
+        where = is_not[is_not[:, 0] == d, 1]
+        assert np.all(np.diff(where) > m.NOT_SPAN)  # no "not" inside another's window
+    assert 0 < tokens.min() and tokens.max() < len(m.MOD_WORDS)  # no PAD
+    for word, p in (("not", 0.06), ("very", 0.08), ("good", 0.06)):  # drawn 0.1, 0.1, 0.0875
+        assert np.mean(tokens == m.MOD_ID[word]) > p
+    # modifiers matter: the rule's target differs from the plain sum on most documents
+    plain = np.cumsum(np.vectorize(lambda i: m.VALENCE.get(m.MOD_WORDS[i], 0.0))(tokens), 1)
+    assert np.mean(plain[:, -1] != targets[:, -1]) > 0.5
+
+
+def test_linearised_readout_matches_finite_differences():
+    """wᵀJₓ(h)e, the linearised readout change of a word, is the derivative of wᵀF(h, s·e) at
+    s = 0, for a random GRU at a random state (float64)."""
+    with jax.enable_x64(True):
+        p = cell_params("gru", seed=11, N=6, E=4, dtype=jnp.float64)
+        F = Partial(m.cell_step, p["cell"])
+        w = np.asarray(p["w_out"][:, 0])
+        h = 0.5 * jax.random.normal(jax.random.key(12), (6,), jnp.float64)
+        e = np.asarray(p["emb"][2])
+        _, Jx = m.linearize(F, h, jnp.zeros(4))
+        eps = 1e-6
+        fd = (w @ F(h, eps * e) - w @ F(h, -eps * e)) / (2 * eps)
+        np.testing.assert_allclose(w @ np.asarray(Jx) @ e, fd, rtol=1e-7)
+
+
+def test_probe_documents_place_the_word():
+    cfg = m.Config(probe_contexts=3)
+    ids, positions, kinds = m.probe_documents(cfg, 0)
+    assert ids.shape[:3] == (3, len(kinds), len(m.PROBE_WORDS))
+    for c, k, w in itertools.product(range(3), range(len(kinds)), range(len(m.PROBE_WORDS))):
+        words = [m.MOD_WORDS[i] for i in ids[c, k, w]]
+        pos = positions[c, k, w]
+        assert words[pos] == m.PROBE_WORDS[w]
+        target = m.modifier_targets(words)
+        change = target[pos] - target[pos - 1]
+        rule = {"alone": 1, "very": 2, "not5": 1}.get(kinds[k], -1)  # lags 1-4 flip
+        assert change == rule * m.VALENCE[m.PROBE_WORDS[w]]
+
+
+# Encoder-decoder attention
+
+
+def test_attention_terms_sum_to_the_score():
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(16, 7, 5))
+    D = rng.normal(size=(16, 6, 5))
+    x = rng.integers(0, 4, (16, 7))
+    u = rng.integers(0, 4, (16, 6))
+    terms = m.attention_terms(H, D, x, u)
+    assert terms.shape == (9, 16, 6, 7)
+    np.testing.assert_allclose(terms.sum(0), np.einsum("btn,bsn->bts", D, H), atol=1e-12)
+    mu, chi, delta = m.decompose(H, x)
+    np.testing.assert_allclose(mu + chi + delta, H, atol=1e-12)
+    np.testing.assert_allclose(chi[x == 2].mean(0), (H - H.mean(0))[x == 2].mean(0), atol=1e-12)
+
+
+def test_position_only_states_give_temporal_share_one():
+    rng = np.random.default_rng(1)
+    positions = rng.normal(size=(8, 5))
+    states = np.broadcast_to(positions, (32, 8, 5))
+    tokens = rng.integers(1, 6, (32, 8))
+    terms = m.attention_terms(states, states, tokens, tokens)
+    valid = np.ones((32, 8), bool)
+    share, margin = m.term_shares(terms, valid, valid)
+    np.testing.assert_allclose(share, np.eye(9)[0], atol=1e-12)
+    np.testing.assert_allclose(margin, np.eye(9)[0], atol=1e-12)
+    # and states that depend on the word only (zero-mean word vectors, every word equally
+    # often at every position, so that μ_t = 0) give an input-input share of 1
+    words = rng.normal(size=(6, 5))
+    words -= words.mean(0)
+    balanced = (np.arange(36)[:, None] + np.arange(8)[None]) % 6  # (36, 8)
+    terms = m.attention_terms(words[balanced], words[balanced], balanced, balanced)
+    valid = np.ones((36, 8), bool)
+    share, _ = m.term_shares(terms, valid, valid)
+    np.testing.assert_allclose(share, np.eye(9)[4], atol=1e-9)
+
+
+def test_translation_batch_alignment():
+    cfg = m.Config(att_len=6, att_len_min=3, att_vocab=5)
+    for reverse in (False, True):
+        b = m.translation_batch(cfg, 40, jax.random.key(0), {"reverse": reverse})
+        x, u, y, source, valid = (np.asarray(a) for a in b)
+        length = valid.sum(1)
+        assert length.min() >= 3 and length.max() <= 6 and np.all(x[~valid] == 0)
+        for i in range(40):
+            L = length[i]
+            expected = x[i, :L][::-1] if reverse else x[i, :L]
+            np.testing.assert_array_equal(y[i, :L], expected)
+            np.testing.assert_array_equal(u[i, :L], np.r_[cfg.att_vocab + 1, expected[:-1]])
+            np.testing.assert_array_equal(x[i, source[i, :L]], y[i, :L])
 
 
 @pytest.mark.parametrize(
@@ -252,7 +432,7 @@ def test_bad_data_file_is_refused(tmp_path, capsys, content, where):
         (["--steps", "0"], "> 0"),
         (["--cell", "rnn"], "invalid choice"),
         (["--bogus"], "unrecognized"),
-        (["--data", "/nonexistent.csv"], "cannot read"),
+        (["--data", "/nonexistent.csv"], "cannot read it (No such file or directory)"),
         (["--seeds", "0"], "> 0"),
     ],
 )
@@ -267,7 +447,7 @@ def test_quick_run_reproduces_the_headline(tmp_path_factory):
     """Trained GRUs (3 seeds, test size): the issue's headline holds for every seed."""
     saved = record = quick_run("06_line_attractors", tmp_path_factory)["record"]
     ms = saved["metrics"]
-    for name in ("accuracy", "fp_pc1_var", "lambda1_abs", "valence_corr", "plane_pc12_var"):
+    for name in ("accuracy", "fp_pc1_var", "lambda1_abs", "valence_corr", "plane_fp_pc12_var"):
         assert len(ms[name]["per_seed"]) == 3
     assert all(np.isfinite(v["mean"]) for v in ms.values())
     s = {k: np.array(v["per_seed"]) for k, v in record["metrics"].items()}
@@ -277,5 +457,18 @@ def test_quick_run_reproduces_the_headline(tmp_path_factory):
     assert np.all(s["n_slow"] == 1)  # one slow mode (and the negative control for the plane)
     assert np.all(s["cos_r1_pc1"] > 0.9) and np.all(s["tau1"] > 5 * s["tau2"])
     # 3 classes: a plane (two slow modes), which fails the line criterion PC1 > 0.85 above
-    assert np.all(s["plane_accuracy"] > 0.95) and np.all(s["plane_pc12_var"] > 0.9)
+    assert np.all(s["plane_accuracy"] > 0.95) and np.all(s["plane_fp_pc12_var"] > 0.9)
     assert np.all(s["plane_n_slow"] == 2) and np.all(s["plane_fp_pc1_var"] < 0.85)
+    # modifiers, on every seed: the signs of the rule (−1 for a word after "not", +1 again at
+    # lag 5, more than the word alone after "very": the rule says 2) and of the paper's
+    # mechanism (wᵀJₓe_good flips sign once "not" has moved the state)
+    assert np.all(s["r_not"] < 0) and np.all(s["r_not_lag5"] > 0) and np.all(s["r_very"] > 1)
+    assert np.all(s["lin_gain_good_after_not"] < 0) and np.all(s["lin_gain_good_line"] > 0)
+    # attention: both tasks learned (chance is 1/10), and the paper's one-to-one finding, the
+    # temporal-temporal term is the largest of the nine
+    assert np.all(s["attention_accuracy_one_to_one"] > 0.9)
+    assert np.all(s["attention_accuracy_reversed"] > 0.9)
+    assert record["attention_largest_term"]["one_to_one"] == "temporal-temporal"
+    shares = record["attention_shares"]
+    for task in shares:
+        assert abs(sum(shares[task].values()) - 1) < 1e-9  # the nine terms make the score
