@@ -108,6 +108,15 @@ QUICK = dict(
     probe_steps=40,
     gains=(0.25, 0.5, 1.0),
 )
+PAPER_SCALE = dict(  # --scale paper, for a GPU: closer to the paper's population and budget
+    pop=16,
+    num_pairs=64,
+    tasks_per_pair=8,
+    steps=3000,
+    probe_steps=1000,
+    val_tasks=128,
+    test_tasks=256,
+)
 VARIANTS = ("self", "adam", "frozen")  # the outer optimizers, one population each per seed
 SELF, TEACHER, ADAM = 0, 1, 2  # how a population updates its members (see outer_step)
 
@@ -975,8 +984,18 @@ def parse_config(argv: Union[list, None]) -> tuple:
         dest="step_mult",
         help="λ₁, the learned optimizer's step scale, in [1e-5, 1] (1e-2; the library: 1e-3)",
     )
+    parser.add_argument(
+        "--scale",
+        choices=("cpu", "paper"),
+        default="cpu",
+        help="cpu: sized for 2 cores (default); paper: population 16, 64 antithetic pairs, "
+        "3000 outer steps, for a GPU (the runs are sharded over the local devices)",
+    )
     args = utils.parse_args(parser, argv)
+    if args.quick and args.scale == "paper":
+        parser.error("--quick and --scale paper exclude each other")
     cfg = Config(**QUICK) if args.quick else Config()
+    cfg = replace(cfg, **PAPER_SCALE) if args.scale == "paper" else cfg
     given = {f: getattr(args, f) for f in ("steps", "pop", "h0_self", "step_mult")}
     cfg = replace(cfg, **{f: v for f, v in given.items() if v is not None})
     if cfg.steps % (2 * cfg.pbt_every):
