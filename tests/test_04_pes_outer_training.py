@@ -102,7 +102,8 @@ def test_antithetic_variance_reduction():
 
 
 def test_variance_formula_on_a_linear_loss():
-    """L_τ = c + Σ_{j≤τ} g_jᵀθ_j: one pair has tr Var = τPΣ|g_j|² + |Σg_j|² (PES), (P+1)|g_τ|² (TES).
+    """L_τ = c + Σ_{j≤τ} g_jᵀθ_j: one pair has tr Var = τPΣ|g_j|² + |Σg_j|² for PES and
+    (P+1)|g_τ|² for TES.
     3%: the relative standard error of a variance from 1e5 samples is about √(2/1e5) ≈ 0.45%."""
     P, tau, n, c = 10, 8, 100_000, 3.0
     G = jax.random.normal(jax.random.key(4), (tau, P))
