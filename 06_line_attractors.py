@@ -141,6 +141,7 @@ class Config:
     att_steps: int = 1_500  # Adam steps
     att_lr: float = 1e-2  # Adam step, decaying by lr_decay
     att_eval: int = 512  # held-out sentences for the decomposition
+    att_tasks: tuple = ("one_to_one", "reversed", "sorted")  # trained side by side (TASKS)
 
 
 QUICK = dict(
@@ -805,15 +806,18 @@ def per_seed(reads: list, name: str) -> dict:
 
 
 # %%
+def cell_settings(cfg: Config, cell: str) -> tuple:
+    """(config, Adam steps, learning rate) for a cell: a vanilla RNN gets its own."""
+    if cell == "vanilla":
+        return replace(cfg, hidden=cfg.vanilla_hidden), cfg.vanilla_steps, cfg.vanilla_lr
+    return cfg, cfg.steps, cfg.lr
+
+
 def line_attractor(cfg: Config, corpora: list, seeds: list, t0: float) -> dict:
     """Experiment: train the binary classifiers (one per seed), read each. Prints one line;
     returns the metrics, the networks read, the accuracies and the first network's params."""
     start = time.perf_counter()
-    if cfg.cell == "vanilla":
-        cell_cfg = replace(cfg, hidden=cfg.vanilla_hidden)
-        steps, lr = cfg.vanilla_steps, cfg.vanilla_lr
-    else:
-        cell_cfg, steps, lr = cfg, cfg.steps, cfg.lr
+    cell_cfg, steps, lr = cell_settings(cfg, cfg.cell)
     params, acc, compile_s = fit(cell_cfg, cfg.cell, corpora, seeds, steps, lr, "binary", t0)
     reads = [
         read_network(cfg, take(params, i), c, s) for i, (c, s) in enumerate(zip(corpora, seeds))
@@ -934,11 +938,7 @@ def universality(cfg: Config, corpus: dict, seed: int, first: dict, t0: float) -
         if cell == cfg.cell:
             read, acc = first["reads"][0], first["accuracy"][0]
         else:
-            if cell == "vanilla":
-                cell_cfg = replace(cfg, hidden=cfg.vanilla_hidden)
-                steps, lr = cfg.vanilla_steps, cfg.vanilla_lr
-            else:
-                cell_cfg, steps, lr = cfg, cfg.steps, cfg.lr
+            cell_cfg, steps, lr = cell_settings(cfg, cell)
             params, accs, seconds = fit(cell_cfg, cell, [corpus], [seed], steps, lr, cell, t0)
             compile_s += seconds
             read, acc = read_network(cfg, take(params, 0), corpus, seed), accs[0]
@@ -986,21 +986,7 @@ def plot_universality(ax: plt.Axes, table: dict) -> None:
 
 
 # %%
-MOD_WORDS = (
-    "<pad>",
-    "and",
-    "a",
-    "the",
-    "for",
-    "it",
-    "while",
-    "good",
-    "bad",
-    "awesome",
-    "awful",
-    "not",
-    "very",
-)
+MOD_WORDS = tuple("<pad> and a the for it while good bad awesome awful not very".split())
 MOD_ID = {word: i for i, word in enumerate(MOD_WORDS)}
 NOISE_IDS = (1, 7)  # ids [1, 7) are noise words
 VALENCE_IDS = (7, 11)  # ids [7, 11) are valence words
@@ -1218,6 +1204,7 @@ def modifier_mechanism(cfg: Config, params: dict, corpus: dict, ids: np.ndarray,
         not_tokens_away=int(np.sum(distance["not"][1:] > peak / 2)),
         not_mode_abs=np.abs(lam[excited["not"]]),
         not_mode_complex=float(abs(lam[excited["not"]].imag) > 1e-6),
+        not_mode_tau=min(float(timescale(lam[excited["not"]])), 1e6),
         very_mode_abs=np.abs(lam[excited["very"]]),
         lam=lam,
         phrases=rows,
@@ -1240,6 +1227,7 @@ MODIFIER_METRICS = {
     "not_tokens_away": "not_tokens_away",
     "not_mode_abs": "not_mode_abs",
     "not_mode_complex": "not_mode_complex",
+    "not_mode_tau": "not_mode_tau",
     "very_mode_abs": "very_mode_abs",
 }
 
@@ -1306,6 +1294,14 @@ def contextual_processing(cfg: Config, seeds: list, t0: float) -> dict:
     table = "; ".join(
         f"{p}: {target:+.0f} exact {e:+.2f} linear {lin:+.2f}" for p, target, e, lin in phrases
     )
+    print(
+        f'  after "not" the state stays over half its peak distance from the fixed points for '
+        f"{metrics['not_tokens_away']['mean']:.1f} tokens (its window: {NOT_SPAN}); the mode it "
+        f"excites most has |λ| {metrics['not_mode_abs']['mean']:.2f} (τ "
+        f"{metrics['not_mode_tau']['mean']:.1f} tokens, complex in "
+        f"{metrics['not_mode_complex']['mean']:.0%} of seeds); \"very\"'s: |λ| "
+        f"{metrics['very_mode_abs']['mean']:.2f}"
+    )
     print(f"  probe phrases (target, network, linearised; mean over seeds): {table}")
     return dict(
         metrics=metrics,
@@ -1352,7 +1348,9 @@ def plot_modifier_distance(ax: plt.Axes, result: dict) -> None:
 # attention $α_{ts} = \mathrm{softmax}_s(d_t^\top h_s)$ over the real words gives the context
 # $c_t = \sum_s α_{ts} h_s$, and the word is read out from $[d_t; c_t]$. The toy: word $i$
 # translates to word $i$ of another vocabulary, lengths 5–10. **One-to-one**: $y_t = x_t$;
-# **reversed**: $y_t = x_{L+1-t}$.
+# **reversed**: $y_t = x_{L+1-t}$ (the alignment depends on the length $L$, which only the
+# sentence knows); **sorted**: the words in ascending order (the alignment depends on the
+# words themselves). The decoder's input word $u_t$ is the previous target word.
 #
 # **Decomposition.** Over a batch, the temporal part $μ_t$ is the mean state at step t, the
 # input-driven part $χ_x$ the mean of $h - μ_t$ over the occurrences of word x, and the rest
@@ -1367,6 +1365,12 @@ def plot_modifier_distance(ax: plt.Axes, result: dict) -> None:
 
 
 # %%
+TASKS = ("one_to_one", "reversed", "sorted")  # the alignment: t, L - 1 - t, by the words
+ATTENTION_CLAIMS = {  # what the paper leads us to expect of the temporal-temporal share
+    "one_to_one": "paper: dominant",
+    "reversed": "set by the length",
+    "sorted": "set by the words: lower",
+}
 TERMS = tuple(
     f"{d}-{e}" for d in ("temporal", "input", "delta") for e in ("temporal", "input", "delta")
 )
@@ -1420,14 +1424,21 @@ class Translation(NamedTuple):
 
 
 def translation_batch(cfg: Config, batch: int, key: jax.Array, data: dict) -> Translation:
-    """Random sentences of the toy; data["reverse"] (a bool) selects the reversed task."""
+    """Random sentences of the toy; data["task"] (an index into TASKS) selects the task."""
     k_words, k_length = jax.random.split(key)
     T = cfg.att_len
     t = jnp.arange(T)
     length = jax.random.randint(k_length, (batch, 1), cfg.att_len_min, T + 1)
     valid = t[None] < length
     x = jnp.where(valid, jax.random.randint(k_words, (batch, T), 1, cfg.att_vocab + 1), 0)
-    source = jnp.where(valid, jnp.where(data["reverse"], length - 1 - t[None], t[None]), 0)
+    sources = jnp.stack(
+        [
+            jnp.broadcast_to(t, (batch, T)),  # one-to-one
+            length - 1 - t[None],  # reversed
+            jnp.argsort(jnp.where(valid, x, cfg.att_vocab + 1), axis=1, stable=True),  # sorted
+        ]
+    )
+    source = jnp.where(valid, sources[data["task"]], 0)
     y = jnp.where(valid, jnp.take_along_axis(x, source, 1), 0)
     start = jnp.full((batch, 1), cfg.att_vocab + 1)
     u = jnp.where(valid, jnp.concatenate([start, y[:, :-1]], 1), 0)
@@ -1494,21 +1505,20 @@ def encoder_decoder_attention(cfg: Config, seeds: list, t0: float) -> dict:
     """Experiment: train the encoder-decoder on both tasks, decompose its attention. Prints one
     line; returns the metrics, the shares and mean attention maps for the panel."""
     start = time.perf_counter()
-    tasks = ("one_to_one", "reversed")
+    tasks = cfg.att_tasks
     keys = [
         jax.random.split(jax.random.fold_in(jax.random.key(s), ATTENTION_STREAM + i))
         for i in range(len(tasks))
         for s in seeds
     ]
     params = stack([init_seq2seq(k[0], cfg) for k in keys])
-    data = {"reverse": jnp.repeat(jnp.array([False, True]), len(seeds))}
+    data = {"task": jnp.repeat(jnp.array([TASKS.index(task) for task in tasks]), len(seeds))}
     batch = partial(translation_batch, cfg, cfg.batch)
     step = make_step(cfg, translation_loss, batch, cfg.att_steps, cfg.att_lr)
     run_keys = jnp.stack([k[1] for k in keys])
     params, _, compile_s = train(cfg, step, params, data, run_keys, cfg.att_steps, "attention", t0)
     metrics = {}
     shares = {}
-    maps = {}
     for j, task in enumerate(tasks):
         per_task = {"accuracy": [], "alignment": [], "tt": [], "tt_margin": []}
         task_shares = []
@@ -1516,7 +1526,7 @@ def encoder_decoder_attention(cfg: Config, seeds: list, t0: float) -> dict:
             p = take(params, j * len(seeds) + i)
             key = jax.random.fold_in(jax.random.key(seed), HELD_OUT_SEED + j)
             b = jax.tree_util.tree_map(
-                np.asarray, translation_batch(cfg, cfg.att_eval, key, {"reverse": j == 1})
+                np.asarray, translation_batch(cfg, cfg.att_eval, key, {"task": TASKS.index(task)})
             )
             logits, H, D, alpha = (np.asarray(a) for a in jax.jit(translate)(p, b.x, b.u))
             terms = attention_terms(H, D, b.x, b.u)
@@ -1526,9 +1536,6 @@ def encoder_decoder_attention(cfg: Config, seeds: list, t0: float) -> dict:
             per_task["tt"].append(share[0])
             per_task["tt_margin"].append(margin[0])
             task_shares.append(share)
-            if i == 0:
-                full = b.valid.all(1)  # sentences of the longest length: one attention map
-                maps[task] = alpha[full].mean(0)
         shares[task] = np.array(task_shares)
         metrics[f"attention_accuracy_{task}"] = utils.summarize(per_task["accuracy"])
         metrics[f"attention_alignment_{task}"] = utils.summarize(per_task["alignment"])
@@ -1537,32 +1544,31 @@ def encoder_decoder_attention(cfg: Config, seeds: list, t0: float) -> dict:
     for name, metric in metrics.items():
         utils.check_finite(metric["per_seed"], name, "more --steps or another --seed")
     dominant = {task: TERMS[int(np.argmax(s.mean(0)))] for task, s in shares.items()}
+    rows = [(f"accuracy {task}", metrics[f"attention_accuracy_{task}"], "≈ 1") for task in tasks]
+    rows += [
+        (f"tt share {task}", metrics[f"attention_tt_share_{task}"], ATTENTION_CLAIMS[task])
+        for task in tasks
+    ]
+    largest = ", ".join(f"{task} {term}" for task, term in dominant.items())
     print(
         utils.summary_line(
             f"attention (GRU-{cfg.att_hidden} encoder-decoder, {len(seeds)} seeds; largest term: "
-            f"one-to-one {dominant['one_to_one']}, reversed {dominant['reversed']})",
-            [
-                ("accuracy one-to-one", metrics["attention_accuracy_one_to_one"], "≈ 1"),
-                ("accuracy reversed", metrics["attention_accuracy_reversed"], "≈ 1"),
-                (
-                    "tt share one-to-one",
-                    metrics["attention_tt_share_one_to_one"],
-                    "paper: dominant",
-                ),
-                ("tt share reversed", metrics["attention_tt_share_reversed"], "lower"),
-            ],
+            f"{largest})",
+            rows,
             compile_s,
             time.perf_counter() - start - compile_s,
         )
     )
-    return dict(metrics=metrics, shares=shares, dominant=dominant, maps=maps, compile_s=compile_s)
+    return dict(metrics=metrics, shares=shares, dominant=dominant, compile_s=compile_s)
 
 
 def plot_attention(ax: plt.Axes, result: dict) -> None:
-    """Panel: each of the nine terms' share of the score at the chosen alignment, both tasks."""
+    """Panel: each of the nine terms' share of the score at the chosen alignment, per task."""
     x = np.arange(len(TERMS))
+    width = 0.8 / len(result["shares"])
     for k, (task, shares) in enumerate(result["shares"].items()):
-        ax.bar(x + (k - 0.5) * 0.4, shares.mean(0), 0.4, yerr=shares.std(0), capsize=2, label=task)
+        offset = (k - (len(result["shares"]) - 1) / 2) * width
+        ax.bar(x + offset, shares.mean(0), width, yerr=shares.std(0), capsize=2, label=task)
     ax.axhline(0, color="k", lw=0.5)
     ax.set(xticks=x, ylabel="share of the score at s*")
     ax.set_xticklabels(
@@ -1642,6 +1648,33 @@ def parse_config(argv: Union[list, None]) -> tuple:
     return args, cfg, user
 
 
+def make_record(args, cfg: Config, parts: tuple, reference: str, compile_s: float, run_s: float):
+    """The results JSON: every experiment's metrics and the tables beside them."""
+    _, _, cells, mods, att = parts
+    return dict(
+        script=STEM,
+        paper=PAPER,
+        config=asdict(cfg),
+        quick=args.quick,
+        seeds=list(range(args.seed, args.seed + args.seeds)),
+        data=args.data or "synthetic",
+        valence_reference=reference,
+        metrics={k: v for part in parts if "metrics" in part for k, v in part["metrics"].items()},
+        universality=cells["table"],
+        probe_phrases=[
+            dict(zip(("phrase", "target", "network", "linearised"), p)) for p in mods["phrases"]
+        ],
+        attention_largest_term=att["dominant"],
+        attention_shares={
+            task: dict(zip(TERMS, s.mean(0).tolist())) for task, s in att["shares"].items()
+        },
+        modifier_spectrum_seed0=np.abs(mods["reads"][0]["lam"][:8]).tolist(),
+        paper_values=PAPER_VALUES,
+        compile_s=compile_s,
+        run_s=run_s,
+    )
+
+
 def main(argv: Union[list, None] = None) -> dict:
     """All five experiments; save JSON + PNG."""
     args, cfg, user = parse_config(argv)
@@ -1657,33 +1690,12 @@ def main(argv: Union[list, None] = None) -> dict:
     parts = (line, plane, cells, mods, att)
     compile_s = sum(part["compile_s"] for part in parts)
     run_s = time.perf_counter() - t0 - compile_s
-    metrics = {k: v for part in parts if "metrics" in part for k, v in part["metrics"].items()}
     reference = "naive-Bayes log-count ratio" if user else "true"
-    record = dict(
-        script=STEM,
-        paper=PAPER,
-        config=asdict(cfg),
-        quick=args.quick,
-        seeds=seeds,
-        data=args.data or "synthetic",
-        valence_reference=reference,
-        metrics=metrics,
-        universality=cells["table"],
-        probe_phrases=[
-            dict(zip(("phrase", "target", "network", "linearised"), p)) for p in mods["phrases"]
-        ],
-        attention_largest_term=att["dominant"],
-        attention_shares={
-            task: dict(zip(TERMS, s.mean(0).tolist())) for task, s in att["shares"].items()
-        },
-        modifier_spectrum_seed0=np.abs(mods["reads"][0]["lam"][:8]).tolist(),
-        paper_values=PAPER_VALUES,
-        compile_s=compile_s,
-        run_s=run_s,
-    )
+    record = make_record(args, cfg, parts, reference, compile_s, run_s)
     utils.save_results(
         args.out, STEM, record, make_figure(line, plane, cells["table"], mods, att, reference)
     )
+    metrics = record["metrics"]
     rows = [
         ("accuracy", metrics["accuracy"], "> 0.95"),
         ("fp PC1", metrics["fp_pc1_var"], "> 0.85"),

@@ -413,17 +413,19 @@ def test_position_only_states_give_temporal_share_one():
 
 def test_translation_batch_alignment():
     cfg = m.Config(att_len=6, att_len_min=3, att_vocab=5)
-    for reverse in (False, True):
-        b = m.translation_batch(cfg, 40, jax.random.key(0), {"reverse": reverse})
+    for task in m.TASKS:
+        b = m.translation_batch(cfg, 40, jax.random.key(0), {"task": m.TASKS.index(task)})
         x, u, y, source, valid = (np.asarray(a) for a in b)
         length = valid.sum(1)
         assert length.min() >= 3 and length.max() <= 6 and np.all(x[~valid] == 0)
         for i in range(40):
-            L = length[i]
-            expected = x[i, :L][::-1] if reverse else x[i, :L]
-            np.testing.assert_array_equal(y[i, :L], expected)
-            np.testing.assert_array_equal(u[i, :L], np.r_[cfg.att_vocab + 1, expected[:-1]])
-            np.testing.assert_array_equal(x[i, source[i, :L]], y[i, :L])
+            words = x[i, : length[i]]
+            expected = {"one_to_one": words, "reversed": words[::-1], "sorted": np.sort(words)}
+            np.testing.assert_array_equal(y[i, : length[i]], expected[task])
+            start = cfg.att_vocab + 1
+            np.testing.assert_array_equal(u[i, : length[i]], np.r_[start, expected[task][:-1]])
+            np.testing.assert_array_equal(x[i, source[i, : length[i]]], y[i, : length[i]])
+            assert len(set(source[i, : length[i]])) == length[i]  # a permutation
 
 
 @pytest.mark.parametrize(
@@ -468,7 +470,11 @@ def test_quick_run_reproduces_the_headline(tmp_path_factory):
     # temporal-temporal term is the largest of the nine
     assert np.all(s["attention_accuracy_one_to_one"] > 0.9)
     assert np.all(s["attention_accuracy_reversed"] > 0.9)
+    assert np.all(s["attention_accuracy_sorted"] > 0.9)
     assert record["attention_largest_term"]["one_to_one"] == "temporal-temporal"
+    # where the alignment is set by the words (sorted), the temporal-temporal term cannot carry
+    # it: its share falls below the one-to-one network's on every seed
+    assert np.all(s["attention_tt_share_sorted"] < s["attention_tt_share_one_to_one"])
     shares = record["attention_shares"]
     for task in shares:
         assert abs(sum(shares[task].values()) - 1) < 1e-9  # the nine terms make the score
