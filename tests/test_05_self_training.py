@@ -316,6 +316,8 @@ def test_quick_run_self_trains(tmp_path_factory):
         (["--pop", "1"], ">= 2"),
         (["--seeds", "0"], "> 0"),
         (["--step-mult", "2"], "[1e-5, 1]"),
+        (["--quick", "--scale", "paper"], "exclude each other"),
+        (["--scale", "gpu"], "invalid choice"),
         (["--bogus"], "unrecognized"),
     ],
 )
