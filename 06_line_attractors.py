@@ -1580,7 +1580,7 @@ def plot_attention(ax: plt.Axes, result: dict) -> None:
     ax.set_xticklabels(
         [t.replace("temporal", "tmp").replace("delta", "Δ") for t in TERMS], rotation=45, fontsize=7
     )
-    ax.set_title("Attention scores split (decoder-encoder parts; Aitken et al. 2021)")
+    ax.set_title("Attention score split, decoder × encoder part (Aitken 2021)")
     ax.legend(fontsize=7)
 
 
