@@ -1,7 +1,8 @@
 """Tests for 07_retina_cnn.py: the metric, the loss, the CNN's gradients and its matmul form,
-causality, the STA, the ground-truth retina, CNN vs LN at test size, determinism and the CLI.
-Thresholds come from the maths, the paper's claims or the margins in shared/papers/07 §3-4,
-never from what the code happened to print."""
+causality, the STA, the spike-history retina and the GLM against the closed form of their
+stationary rate, dead leaves, the threshold latency, integrated gradients, determinism, the
+claims on the quick run and the CLI. Each threshold comes from the maths or the paper's claim
+(stated beside it), never from what the code happened to print."""
 
 import math
 from dataclasses import replace
@@ -10,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load, quick_run
+from conftest import check_results_contract, load, quick_run
 from jax.test_util import check_grads
 
 rc = load("07_retina_cnn")
 QUICK = rc.Config(**rc.QUICK)
+TINY = rc.Config(n_pix=6, history=3, n_cells=2, c1=2, k1=3, c2=2, k2=3)
 
 
 def test_pearson_per_cell():
@@ -36,25 +38,24 @@ def test_poisson_nll_and_gradient():
     rng = np.random.default_rng(1)
     rate = rng.uniform(0.05, 3.0, size=(50, 4))
     y = rng.poisson(rate).astype(np.float64)
+    log_fact = np.vectorize(math.lgamma)(y + 1)
     with jax.enable_x64(True):
         # −mean log Poisson pmf = mean(r − y log r + log y!): the loss drops only the log y! term
-        nll = np.mean(rate - y * np.log(rate) + np.vectorize(math.lgamma)(y + 1))
-        log_fact = np.mean(np.vectorize(math.lgamma)(y + 1))
-        np.testing.assert_allclose(rc.poisson_nll(jnp.asarray(rate), y, eps=0.0), nll - log_fact,
-                                   rtol=1e-12)
+        nll = np.mean(rate - y * np.log(rate) + log_fact)
+        loss = rc.poisson_nll(jnp.asarray(rate), y, eps=0.0)
+        np.testing.assert_allclose(loss, nll - log_fact.mean(), rtol=1e-12)
         g = jax.grad(lambda r: rc.poisson_nll(r, y))(jnp.asarray(rate))
         np.testing.assert_allclose(g, (1 - y / (rate + 1e-6)) / y.size, rtol=1e-10)
         z = jnp.asarray(rng.normal(size=(50, 4)))
         check_grads(lambda z: rc.poisson_nll(jax.nn.softplus(z), y), (z,), order=2, modes=["rev"])
-        # the best constant rate is the mean count: zero gradient at ȳ, positive loss curvature
+        # the best constant rate is the mean count: zero gradient at ȳ, higher loss either side
         ybar = y.mean()
-        d = jax.grad(lambda c: rc.poisson_nll(jnp.full(y.shape, c), y, eps=0.0))(ybar)
-        assert abs(float(d)) < 1e-12
-        f = lambda c: float(rc.poisson_nll(jnp.full(y.shape, c), y, eps=0.0))  # noqa: E731
-        assert f(ybar) < min(f(0.9 * ybar), f(1.1 * ybar))
 
+        def constant(c):
+            return rc.poisson_nll(jnp.full(y.shape, c), y, eps=0.0)
 
-TINY = rc.Config(n_pix=6, history=3, n_cells=2, c1=2, k1=3, c2=2, k2=3)
+        assert abs(float(jax.grad(constant)(ybar))) < 1e-12
+        assert float(constant(ybar)) < min(float(constant(0.9 * ybar)), float(constant(1.1 * ybar)))
 
 
 def tiny_params(key, dtype=jnp.float32):
@@ -68,7 +69,10 @@ def test_cnn_gradient_finite_differences():
         x = jax.random.normal(jax.random.key(1), (5, 3, 6, 6), jnp.float64)
         y = jax.random.poisson(jax.random.key(2), 0.5, (5, 2)).astype(jnp.float64)
         noise_key = jax.random.key(3)  # the noise layers are part of the training loss
-        loss = lambda p: rc.poisson_nll(rc.apply_cnn(p, x, noise_key, 0.1), y)  # noqa: E731
+
+        def loss(p):
+            return rc.poisson_nll(rc.apply_cnn(p, x, None, noise_key, 0.1), y)
+
         check_grads(loss, (p,), order=1, modes=["rev"], eps=1e-6)
 
 
@@ -81,29 +85,86 @@ def test_matmul_form_equals_convolution(cfg):
     assert float(jnp.std(a)) > 1e-3
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     k = jax.random.key(6)  # same noise key: same noise in both forms
-    np.testing.assert_allclose(rc.apply_cnn(p, x, k, 0.1), rc.apply_conv(p, x, k, 0.1), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        rc.apply_cnn(p, x, None, k, 0.1), rc.apply_conv(p, x, None, k, 0.1), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_windows_and_models_are_causal():
     cfg, t = QUICK, 40
+    H = cfg.history
     s = rc.white_noise(jax.random.key(7), 60, cfg)
-    w = rc.windows(s, t, cfg.history)
-    for k in range(cfg.history):  # oldest first, ending at (and including) frame t
-        np.testing.assert_array_equal(w[k], s[t - cfg.history + 1 + k])
-    s2 = s.at[t + 1:].set(-s[t + 1:])  # change only the future
+    w = rc.windows(s, t, H)
+    for k in range(H):  # oldest first, ending at (and including) frame t
+        np.testing.assert_array_equal(w[k], s[t - H + 1 + k])
+    spikes = jnp.arange(60 * 2.0).reshape(60, 2)
+    np.testing.assert_array_equal(
+        rc.past_spikes(spikes, t, 3), spikes[np.array([t - 1, t - 2, t - 3])]
+    )
+    future = t + 1
+    s2 = s.at[future:].set(-s[future:])  # change only the future
     p_cnn = rc.init_cnn(jax.random.key(8), cfg, jnp.full(cfg.n_cells, 0.2))
-    p_ln = dict(w=jax.random.normal(jax.random.key(9), (cfg.n_cells, cfg.history * 144)),
-                b=jnp.zeros(cfg.n_cells))
+    p_ln = dict(
+        w=jax.random.normal(jax.random.key(9), (H * 144, cfg.n_cells)), b=jnp.zeros(cfg.n_cells)
+    )
     for apply, p in ((rc.apply_cnn, p_cnn), (rc.apply_ln, p_ln)):
-        a = rc.predict(apply, p, s, cfg.history, block=16)
-        b = rc.predict(apply, p, s2, cfg.history, block=16)
-        np.testing.assert_array_equal(a[: t - cfg.history + 2], b[: t - cfg.history + 2])
-        assert not np.allclose(a[t - cfg.history + 2:], b[t - cfg.history + 2:])
-    r1, r2 = rc.simulate_retina(jax.random.key(0), s, cfg)[0], rc.simulate_retina(
-        jax.random.key(0), s2, cfg)[0]
-    np.testing.assert_array_equal(r1[: t + 1], r2[: t + 1])
-    assert not np.allclose(r1[t + 1:], r2[t + 1:])
+        a = rc.predict(apply, p, s, H, block=16)
+        b = rc.predict(apply, p, s2, H, block=16)
+        seen = t - H + 2  # outputs whose windows end at or before frame t
+        np.testing.assert_array_equal(a[:seen], b[:seen])
+        assert not np.allclose(a[seen:], b[seen:])
+    d1, d2 = rc.ganglion_drive(s, cfg), rc.ganglion_drive(s2, cfg)
+    np.testing.assert_array_equal(d1[:future], d2[:future])
+    assert not np.allclose(d1[future:], d2[future:])
+
+
+def stationary_mean(lam, lags_max=40):
+    """Closed form (up to truncation) of the stationary mean count of a Poisson chain with one
+    history lag: n_t ~ Poisson(lam(n_{t-1})). The chain on n_{t-1} has transition P(m | n) =
+    Poisson pmf of m at lam(n); its stationary distribution π solves π = πP."""
+    n = np.arange(lags_max)
+    rates = np.array([lam(k) for k in n])
+    log_pmf = n[None, :] * np.log(rates[:, None]) - rates[:, None]
+    log_pmf -= np.vectorize(math.lgamma)(n + 1)[None, :]
+    P = np.exp(log_pmf)
+    P /= P.sum(1, keepdims=True)
+    w, v = np.linalg.eig(P.T)
+    pi = np.real(v[:, np.argmin(np.abs(w - 1))])
+    pi /= pi.sum()
+    return float(pi @ rates)
+
+
+def test_spike_history_matches_the_stationary_closed_form():
+    """With a constant drive and one history lag, the mean rate over trials and time equals the
+    Markov chain's stationary mean, within 4 standard errors; the GLM's own simulation too."""
+    cfg = replace(QUICK, refractory=(-3.0,), base_rate=20.0)
+    d = 0.3  # constant drive
+    T, trials = 2000, 50
+    counts, rates = rc.spike_trains(jax.random.key(0), jnp.full((T, 1), d), cfg, trials)
+
+    def lam(n):  # expected count per bin after n spikes in the previous bin
+        return cfg.base_rate * cfg.dt * math.log1p(math.exp(cfg.gain * d + cfg.refractory[0] * n))
+
+    expected = stationary_mean(lam)
+    mc = np.asarray(counts[:, 100:]).mean(1)  # per-trial means after a burn-in: independent
+    se = mc.std() / np.sqrt(trials)
+    assert abs(mc.mean() - expected) < 4 * se
+    no_history = lam(0)
+    assert expected < no_history - 8 * se  # (not vacuous) refractoriness lowers the rate
+    np.testing.assert_allclose(np.asarray(rates).mean() * cfg.dt, expected, atol=4 * se)
+    # the GLM's autoregressive simulation is the same kind of chain, in counts per bin
+    u, eta = 0.2, -2.0
+    params = dict(
+        w=jnp.zeros((QUICK.history * 144, 1)),
+        b=jnp.full(1, u),
+        eta=jnp.full((1, 1), eta / rc.ETA_SCALE),
+    )
+    movie = jnp.zeros((2100 + QUICK.history - 1, 12, 12))
+    glm_trials = 400
+    sim = rc.glm_simulate(params, movie, QUICK.history, jax.random.key(1), glm_trials)
+    glm_expected = stationary_mean(lambda n: math.log1p(math.exp(u + eta * n)))
+    se = math.sqrt(glm_expected / glm_trials / 2000) * 3  # Poisson SE, 3× for autocorrelation
+    assert abs(float(sim[100:].mean()) - glm_expected) < 4 * se
 
 
 def ln_retina(key, cfg, T, centres, gain=1.5):
@@ -113,15 +174,15 @@ def ln_retina(key, cfg, T, centres, gain=1.5):
     K = []
     for cy, cx in centres:
         G = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 1.5**2))
-        k = np.asarray(rc.lag_kernel(0.04, 0.08, 0.7, cfg))[:, None, None] * G
+        k = rc.lag_kernel(0.04, 0.08, 0.7, cfg)[:, None, None] * G
         K.append(k / np.linalg.norm(k))
     K = jnp.asarray(np.stack(K), jnp.float32)  # (cells, H, N, N)
     k_s, k_n = jax.random.split(key)
     s = jax.random.normal(k_s, (T, cfg.n_pix, cfg.n_pix))
     X = jax.vmap(rc.windows, (None, 0, None))(s, jnp.arange(cfg.history - 1, T), cfg.history)
     g = X.reshape(len(X), -1) @ K.reshape(len(centres), -1).T  # g = K·X, ~N(0, 1)
-    rates = jnp.concatenate([jnp.full((cfg.history - 1, len(centres)), 10 * np.exp(-1.0)),
-                             10 * jnp.exp(gain * g - 1)])
+    silent = jnp.full((cfg.history - 1, len(centres)), 10 * np.exp(-1.0))
+    rates = jnp.concatenate([silent, 10 * jnp.exp(gain * g - 1)])
     return s, jax.random.poisson(k_n, rates * cfg.dt).astype(jnp.float32), rates, K
 
 
@@ -131,7 +192,9 @@ def cosine(a, b):
 
 
 def test_sta_recovers_ln_filter():
-    """Notes §4.5: N = 8, H = 10, 20k frames (≈4.8k spikes): cos ≥ 0.85 (0.89 in the notes)."""
+    """Notes §4.5: N = 8, H = 10, 20k frames (≈4.8k spikes): cos ≥ 0.85. Bussgang: under
+    Gaussian white noise the STA ∝ K; with ~4.8k spikes over 640 dimensions its noise leaves
+    cos ≈ 1/√(1 + 640/(4.8k·0.6²)) ≈ 0.9, hence 0.85."""
     cfg = replace(QUICK, n_pix=8, history=10)
     s, n, rates, K = ln_retina(jax.random.key(10), cfg, 20_000, [(3.5, 3.5)])
     assert 3000 < float(n.sum()) < 7000
@@ -141,12 +204,20 @@ def test_sta_recovers_ln_filter():
     # pyret's lowranksta: the rank-1 (time × space) part of the STA is closer still
     u, sv, vt = np.linalg.svd(np.asarray(sta).reshape(10, -1))
     assert cosine(sv[0] * np.outer(u[:, 0], vt[0]), K[0]) >= 0.9
-    # the nonlinearity of an exponential LN cell is increasing: bin means rise with g
-    X = jax.vmap(rc.windows, (None, 0, None))(s, jnp.arange(9, 20_000), 10)
-    gx, gy = rc.binned_nonlinearity(X.reshape(len(X), -1) @ sta.ravel(), n[9:, 0])
-    rank = np.argsort(np.argsort(np.asarray(gy)))  # Spearman: noise only swaps neighbours
-    assert np.all(np.diff(gx) > 0) and np.corrcoef(np.arange(len(gy)), rank)[0, 1] > 0.95
-    assert float(gy[-1]) > 5 * float(gy[0])
+
+
+def one_seed_data(parts):
+    """make_data's layout (seeds = 1, classes = 2) from (train, val, test) tuples of arrays."""
+
+    def both(a):
+        return jnp.stack([a, a])[None]
+
+    names = ("train", "val", "test")
+    return {
+        f"{k}_{name}": both(part[i])
+        for name, part in zip(names, parts)
+        for k, i in (("stim", 0), ("spikes", 1))
+    }
 
 
 def test_cnn_recovers_an_ln_retina():
@@ -154,18 +225,15 @@ def test_cnn_recovers_an_ln_retina():
     it should reach held-out ρ ≥ 0.85 and a model STA with cos ≥ 0.8 to the true filter."""
     cfg = replace(QUICK, steps=600, chunks=1)
     centres = [(4.5, 4.5), (4.5, 6.5), (6.5, 4.5), (6.5, 6.5)]
-    parts = [ln_retina(jax.random.key(11 + i), cfg, T, centres)
-             for i, T in enumerate((cfg.train_frames, cfg.val_frames, cfg.test_frames))]
-    both = lambda a: jnp.stack([a, a])[None]  # noqa: E731  (seeds = 1, classes = 2)
-    data = {f"{k}_{name}": both(part[i]) for name, part in zip(("train", "val", "test"), parts)
-            for k, i in (("stim", 0), ("spikes", 1))}
-    runs = {k: jnp.array([v], jnp.int32) for k, v in
-            dict(seed=0, cls=0, n_used=cfg.train_frames).items()}
-    params, _ = rc.train_runs(cfg, "cnn", data, runs, jax.random.key(15), 0.0)
+    sizes = (cfg.train_frames, cfg.val_frames, cfg.test_frames)
+    parts = [ln_retina(jax.random.key(11 + i), cfg, T, centres) for i, T in enumerate(sizes)]
+    runs = {k: jnp.array([v], jnp.int32) for k, v in zip(rc.RUN_FIELDS, (0, 0, sizes[0]))}
+    params, _ = rc.train(cfg, "cnn", one_seed_data(parts), runs, jax.random.key(15), 0.0)
     p = jax.tree_util.tree_map(lambda a: a[0], params)
     s_test, rates, K = parts[2][0], parts[2][2], parts[2][3]
     pred = rc.predict(rc.apply_cnn, p, s_test, cfg.history)
-    rho = np.asarray(rc.pearson_per_cell(pred, rates[cfg.history - 1:]))
+    first = cfg.history - 1  # the first bin with a full window
+    rho = np.asarray(rc.pearson_per_cell(pred, rates[first:]))
     assert rho.mean() >= 0.85
     # model STA, Σ r̂_t X_t / Σ r̂_t, on 40k fresh frames: for the true exponential cells the
     # estimate's noise (std(r)/E(r)·√(1728/40k) ≈ 0.6 against a signal of 1.5) allows cos ≈ 0.93
@@ -176,31 +244,89 @@ def test_cnn_recovers_an_ln_retina():
     assert min(cosine(sta[j], K[j]) for j in range(4)) >= 0.8
 
 
+def test_glm_recovers_refractoriness():
+    """An LN cell with the retina's refractoriness h = (−3, −1, −0.3): the GLM's history filter
+    comes out negative, strongest at lag 1, and its one-step-ahead likelihood on held-out
+    spikes beats the LN's (the LN cannot see the history)."""
+    cfg = replace(QUICK, n_pix=8, history=6, n_cells=1, ln_steps=300, ln_batch=512, chunks=1)
+    sizes = (12_000, 3000, 1000)
+    parts = []
+    for i, T in enumerate(sizes):
+        s, _, rates, _ = ln_retina(jax.random.key(30 + i), cfg, T, [(3.5, 3.5)])
+        v = rates / cfg.base_rate  # r = 8 softplus(4 d): d = log(e^v − 1) / 4, overflow-free
+        drive = (v + jnp.log(-jnp.expm1(-v))) / cfg.gain
+        counts, _ = rc.spike_trains(jax.random.key(40 + i), drive, cfg, 1)
+        parts.append((s, counts[0]))
+    data = one_seed_data(parts)
+    runs = {k: jnp.array([v], jnp.int32) for k, v in zip(rc.RUN_FIELDS, (0, 0, sizes[0]))}
+    nll = {}
+    first = cfg.history - 1
+    for name in ("ln", "glm"):
+        params, _ = rc.train(cfg, name, data, runs, jax.random.key(50), 0.0)
+        p = jax.tree_util.tree_map(lambda a: a[0], params)
+        model = rc.model_spec(cfg, name)
+        s, n = parts[2]
+        pred = rc.predict(model.apply, p, s, cfg.history, n, model.lags)
+        nll[name] = float(rc.poisson_nll(pred, n[first:]))
+        if name == "glm":
+            eta = np.asarray(rc.glm_eta(p)[:, 0])
+            assert eta[0] < 0 and eta[0] < eta[1]  # strongest suppression right after a spike
+    assert nll["glm"] < nll["ln"]
+
+
 def test_ground_truth_sanity_and_flashes():
     cfg = rc.Config()
-    for stim_fn, lo, hi in ((rc.white_noise, 4, 15), (rc.natural_movie, 2, 10)):  # notes §4.9
-        rates, spikes = rc.simulate_retina(jax.random.key(16), stim_fn(jax.random.key(17), 3000,
-                                                                        cfg), cfg)
-        assert float(rates.min()) >= 0 and lo <= float(rates.mean()) <= hi
-        assert np.all(np.asarray(spikes) == np.round(spikes))
+    for stim_fn in (rc.white_noise, rc.natural_movie):
+        s = stim_fn(jax.random.key(17), 3000, cfg)
+        counts, rates = rc.spike_trains(jax.random.key(16), rc.ganglion_drive(s, cfg), cfg, 1)
+        # rates ≥ 0; the mean lies between the refractory floor and the 8 Hz scale's few-fold
+        assert float(rates.min()) >= 0 and 1 <= float(rates.mean()) <= 20
+        assert np.all(np.asarray(counts) == np.round(counts))
     H, types = cfg.history, np.array(rc.CELL_TYPES)
+    first = H - 1
     resp = {}
-    for c in (-2.0, -1.0, 1.0, 2.0):  # 40-ms full-field flash on gray at frame H
-        movie = jnp.zeros((H + 20, cfg.n_pix, cfg.n_pix)).at[H:H + 2].set(c)
-        resp[c] = np.asarray(rc.simulate_retina(jax.random.key(0), movie, cfg)[0][H - 1:])
-    base = resp[1.0][0]  # one bin before the flash: gray, every cell at softplus(0)·8 Hz
-    np.testing.assert_allclose(base, 8 * np.log(2), rtol=1e-5)
+    for c in cfg.flashes:
+        drive = rc.ganglion_drive(rc.flash_movie(cfg, c), cfg)
+        rates = rc.spike_trains(jax.random.key(0), drive, cfg, 400)[1].mean(0)
+        resp[c] = np.asarray(rates[first:])
+    base = resp[1.0][0]  # one bin before the flash, gray
+    # every cell at gray: at most 8 Hz · softplus(0) (refractoriness only lowers it)
+    assert np.all(base <= 8 * np.log(2) + 0.3)
     peak = {c: r[:8].max(0) - base for c, r in resp.items()}  # first 160 ms after onset
     for c in (-2.0, -1.0):  # dark flashes drive OFF and ON-OFF cells, ON cells stay put
         assert np.all(peak[c][types == "OFF"] > 5) and np.all(peak[c][types == "ON-OFF"] > 3)
         assert np.all(np.abs(peak[c][types == "ON"]) < 1)
     for c in (1.0, 2.0):
         assert np.all(peak[c][types == "ON"] > 5) and np.all(peak[c][types == "ON-OFF"] > 3)
-    assert np.all(peak[-2.0] > peak[-1.0] - 1e-6)  # stronger flash, larger response
-    # latency to cross baseline + 5 Hz shortens with intensity (OFF cells, dark flashes)
-    cross = lambda r: np.argmax(r[1:] > base + 5, 0)  # noqa: E731
+    # latency to baseline + 5 Hz shortens with intensity (OFF cells, dark flashes)
+    lat = {c: rc.threshold_latency(resp[c].T, cfg.dt, 5.0) for c in (-2.0, -1.0)}
     off = types == "OFF"
-    assert np.all(cross(resp[-2.0])[off] < cross(resp[-1.0])[off])
+    assert np.all(lat[-2.0][off] < lat[-1.0][off])
+
+
+def test_threshold_latency_on_ramps():
+    """Rates rising linearly by a Hz per bin from bin 1 cross base + 5 Hz after 5/a bins,
+    i.e. at (5/a − 1)·dt from the onset bin; a flat response never crosses."""
+    dt = 0.02
+    bins = np.arange(20.0)
+    ramps = np.stack([3.0 + a * np.maximum(bins, 0) for a in (1.0, 2.5, 10.0)])
+    ramps[:, 0] = 3.0
+    expected = [(5 / a - 1) * dt for a in (1.0, 2.5, 10.0)]
+    np.testing.assert_allclose(rc.threshold_latency(ramps, dt, 5.0), expected, atol=1e-9)
+    assert np.isnan(rc.threshold_latency(np.full((1, 20), 3.0), dt, 5.0)[0])
+
+
+def test_dead_leaves_have_flat_surfaces_and_sharp_edges():
+    """Occluding discs: most neighbouring pixels share a disc (identical values), and where they
+    differ they belong to two discs with independent uniform[-1, 1] levels, whose mean absolute
+    difference is 2/3; a smooth 1/f image has almost no identical neighbours."""
+    cfg = rc.Config()
+    img = np.asarray(rc.dead_leaves(jax.random.key(3), 20, cfg))
+    assert img.shape == (20, 48, 48) and np.abs(img).max() <= 1.0
+    diff = np.abs(np.diff(img, axis=-1)).ravel()
+    assert np.mean(diff == 0) > 0.7  # mean disc area (≈ 16 px²) ≫ its perimeter share
+    assert abs(diff[diff > 0].mean() - 2 / 3) < 0.1  # ± a few standard errors of ~2k edges
+    assert np.mean(img == 0) < 0.1  # 400 discs leave little of the canvas uncovered
 
 
 def test_integrated_gradients_completeness():
@@ -212,14 +338,17 @@ def test_integrated_gradients_completeness():
         p = tiny_params(jax.random.key(20), jnp.float64)
         p = dict(p, w3=p["w3"] * 30)  # a readout large enough for r̂ to move
         xs = jax.random.normal(jax.random.key(21), (6, 3, 6, 6), jnp.float64)
-        layer1 = lambda v: jax.nn.relu(  # noqa: E731
-            rc.conv_matmul(v[None], p["w1"]) + p["b1"][:, None, None])
         fine = jnp.linspace(0.0, 1.0, 4001)
         V = []  # V of f, from a fine grid (a lower estimate, hence the margin below)
         for x in xs:
-            a, a0 = layer1(x), layer1(jnp.zeros_like(x))
+            a = rc.layer1(p, x[None])
+            a0 = rc.layer1(p, jnp.zeros_like(x)[None])
             for j in range(2):
-                f = jax.vmap(jax.grad(lambda al: rc.cnn_head(p, a0 + al * (a - a0))[0, j]))(fine)
+
+                def along(al, j=j):
+                    return rc.cnn_head(p, a0 + al * (a - a0))[0, j]
+
+                f = jax.vmap(jax.grad(along))(fine)
                 V.append(float(jnp.sum(jnp.abs(jnp.diff(f)))))
         err = {}
         for n in (50, 100, 400):
@@ -234,8 +363,21 @@ def test_integrated_gradients_completeness():
 
 
 def test_same_seed_same_data_and_training():
-    cfg = replace(TINY, n_pix=8, history=4, train_frames=500, val_frames=300, test_frames=300,
-                  ns_canvas=16, steps=100, chunks=1, eval_every=5, batch=16)
+    cfg = replace(
+        TINY,
+        n_pix=8,
+        history=4,
+        train_frames=500,
+        val_frames=300,
+        test_frames=300,
+        truth_trials=5,
+        ns_canvas=16,
+        leaves=50,
+        steps=100,
+        chunks=1,
+        eval_every=5,
+        batch=16,
+    )
     make_data = jax.jit(rc.make_data, static_argnums=1)
     a, b = make_data(jax.random.key(18), cfg), make_data(jax.random.key(18), cfg)
     c = make_data(jax.random.key(19), cfg)
@@ -244,52 +386,76 @@ def test_same_seed_same_data_and_training():
     assert not np.array_equal(a["spikes_train"], c["spikes_train"])
     p = rc.init_cnn(jax.random.key(20), cfg, jnp.full(cfg.n_cells, 0.2))
     x = jax.vmap(rc.windows, (None, 0, None))(a["stim_test"][0], jnp.arange(20, 30), cfg.history)
-    assert not np.allclose(rc.apply_cnn(p, x), rc.apply_cnn(p, x, jax.random.key(0), 0.1))
+    noisy = rc.apply_cnn(p, x, None, jax.random.key(0), 0.1)
+    assert not np.allclose(rc.apply_cnn(p, x), noisy)  # noise in training ...
+    np.testing.assert_array_equal(rc.apply_cnn(p, x), rc.apply_cnn(p, x))  # ... none at test
     data = jax.tree_util.tree_map(lambda v: v[None], a)  # one seed
-    run = {k: jnp.int32(v) for k, v in dict(seed=0, cls=1, n_used=500).items()}
-    init, chunk = rc.make_train(cfg, "cnn")
-    losses = jax.jit(lambda key: chunk(init(key, data, run), data, run, 2)[1][0])
+    run = {k: jnp.int32(v) for k, v in zip(rc.RUN_FIELDS, (0, 1, 500))}
+    init, blocks = rc.make_train(cfg, rc.model_spec(cfg, "cnn"))
+
+    def losses(key):
+        return blocks(init(key, data, run), data, run, 2)[1]["train_nll"]
+
+    losses = jax.jit(losses)
     np.testing.assert_array_equal(losses(jax.random.key(21)), losses(jax.random.key(21)))
     assert not np.array_equal(losses(jax.random.key(21)), losses(jax.random.key(22)))
 
 
 @pytest.fixture(scope="module")
-def quick_metrics(tmp_path_factory):
+def quick(tmp_path_factory):
     """The session's one quick run (tests/conftest.py runs it as a notebook)."""
-    return quick_run("07_retina_cnn", tmp_path_factory)["record"]["metrics"]
+    return quick_run("07_retina_cnn", tmp_path_factory)
 
 
-def test_quick_run_has_the_headline_metrics(quick_metrics):
-    for name in ("cnn_minus_ln_wn", "cnn_minus_ln_ns", "cnn_frac_ceiling", "ns_to_wn_cnn_minus_ln"):
-        assert len(quick_metrics[name]["per_seed"]) == 3
+def test_quick_run_contract_and_headline_metrics(quick):
+    check_results_contract(quick["record"], "07_retina_cnn", quick["out"])
+    assert quick["figures_shown"] >= 1
+    metrics = quick["record"]["metrics"]
+    for name in (  # the names the issue asks for, one value per seed
+        "cnn_minus_ln_wn",
+        "cnn_minus_ln_ns",
+        "cnn_minus_glm_ns",
+        "headroom_gap_wn",
+        "headroom_gap_ns",
+        "cnn_frac_ceiling",
+        "ns_to_wn_cnn_minus_ln",
+    ):
+        assert len(metrics[name]["per_seed"]) == 3, name
 
 
-def test_headline_at_test_size(quick_metrics):
-    """Notes §3, test scale (N = H = 12, 4 cells, 10k frames): assertable margins, about half of
-    those observed in the prototype; the full-size targets are checked by the full run."""
-    m = {k: v["mean"] for k, v in quick_metrics.items()}
-    assert m["cnn_minus_ln_wn"] >= 0.10 and m["cnn_minus_ln_ns"] >= 0.08
-    assert m["cnn_wn_wn"] >= 0.80 and m["cnn_ns_ns"] >= 0.80
-    assert m["ns_to_wn_cnn_minus_ln"] >= 0.10
-    assert m["cnn_frac_ceiling"] >= 0.80
-    # the noise ceiling itself: K = 10 repeats leave ρ(true, PSTH) well below 1
-    assert 0.5 < m["ceiling_wn"] < 0.95
+def test_quick_run_claims(quick):
+    """The paper's claims as statements, on every seed of the test-size retina (the claims are
+    directions, so the thresholds are 0): the CNN beats the LN and the GLM on both classes and
+    across them; the LN fails on the ON-OFF cells, whose ON and OFF parts cancel in a linear
+    filter, more than on OFF cells, and more than the CNN does."""
+    m = {k: np.array(v["per_seed"]) for k, v in quick["record"]["metrics"].items()}
+    for cls in ("wn", "ns"):
+        assert np.all(m[f"cnn_minus_ln_{cls}"] > 0) and np.all(m[f"cnn_minus_glm_{cls}"] > 0)
+        assert np.all(m[f"headroom_gap_{cls}"] > 0)
+    assert np.all(m["ns_to_wn_cnn_minus_ln"] > 0) and np.all(m["wn_to_ns_cnn_minus_ln"] > 0)
+    assert np.all(m["cnn_minus_ln_worst_size"] > 0)  # ahead at every data size (Fig. 3A)
+    assert np.all(m["ln_off_wn"] > m["ln_onoff_wn"])
+    assert np.all(m["ln_off_wn"] - m["ln_onoff_wn"] > m["cnn_off_wn"] - m["cnn_onoff_wn"])
+    # notes §3's assertable margin from the prototype: CNN at >= 0.80 of the PSTH ceiling; the
+    # ceiling itself, ρ(true, PSTH of K = 10 repeats), is well below 1 for ~0.1 spikes per bin
+    assert m["cnn_frac_ceiling"].mean() >= 0.80
+    assert np.all(m["ceiling_wn"] < 0.95)
+    # flashes: a stronger flash crosses threshold sooner, in the truth and in the CNN; the
+    # integrated gradients add up to the rate change within 2% (notes §4.12)
+    assert m["latency_shortening_true_ms"][0] > 0 and m["latency_shortening_cnn_ms"][0] > 0
+    assert m["ig_completeness_max_rel_error"][0] <= 0.02
 
 
-def test_ln_fails_on_onoff_cells(quick_metrics):
-    """Notes §4.8: the ON-OFF cell's ON and OFF parts cancel in a linear filter, so the LN's ρ
-    on it falls below its OFF cells' (0.47 vs 0.76 at full size, where the notes ask for a gap
-    of 0.15, checked by the full run); the CNN's gap stays < 0.10. At test size (one ON-OFF cell,
-    two OFF cells on a 6×6 grid) we ask for the headline's margin, 0.10."""
-    m = {k: v["mean"] for k, v in quick_metrics.items()}
-    assert m["ln_onoff_wn"] <= m["ln_off_wn"] - 0.10
-    assert abs(m["cnn_onoff_wn"] - m["cnn_off_wn"]) < 0.10
-
-
-@pytest.mark.parametrize("argv, allowed", [
-    (["--steps", "50"], ">= 100"), (["--minutes", "0.1"], "[0.5, 30]"),
-    (["--seeds", "0"], "> 0"), (["--bogus"], "unrecognized"),
-])
+@pytest.mark.parametrize(
+    "argv, allowed",
+    [
+        (["--steps", "50"], "multiple of 100"),
+        (["--steps", "150"], "multiple of 100"),
+        (["--minutes", "0.1"], "[0.5, 30]"),
+        (["--seeds", "0"], "> 0"),
+        (["--bogus"], "unrecognized"),
+    ],
+)
 def test_bad_input_is_refused(argv, allowed, capsys):
     with pytest.raises(SystemExit) as e:
         rc.main(argv)
