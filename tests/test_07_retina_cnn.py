@@ -326,9 +326,11 @@ def test_dead_leaves_have_flat_surfaces_and_sharp_edges():
     img = np.asarray(rc.dead_leaves(jax.random.key(3), 20, cfg))
     assert img.shape == (20, 48, 48) and np.abs(img).max() <= 1.0
     diff = np.abs(np.diff(img, axis=-1)).ravel()
-    assert np.mean(diff == 0) > 0.7  # mean disc area (≈ 16 px²) ≫ its perimeter share
+    assert np.mean(diff == 0) > 0.5  # most neighbours share a disc (a 1/f image: none)
     assert abs(diff[diff > 0].mean() - 2 / 3) < 0.1  # ± a few standard errors of ~2k edges
-    assert np.mean(img == 0) < 0.1  # 400 discs leave little of the canvas uncovered
+    # uncovered: a Poisson cover, exp(−n π E[r²] / A) with E[r²] = ln(12) / (½(1 − 1/144)) ≈ 5.0
+    # for p(r) ∝ r⁻³ on [1, 12], n = 400 centres on A = 60² (the canvas ± 6): ≈ 0.175
+    assert abs(np.mean(img == 0) - 0.175) < 0.03
 
 
 def test_integrated_gradients_completeness():
