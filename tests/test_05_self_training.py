@@ -69,7 +69,10 @@ def test_es_pairs_share_tasks():
 
 def test_es_descends_the_meta_loss():
     """A small normalized step along −ĝ (P = 32, B = 4) lowers L on 64 fixed tasks for at least
-    4 of 5 random lopts (notes §4: measured 5/5; a descent direction does so for all 5)."""
+    9 of 10 random lopts. Why 9: to first order the step lowers L iff ĝ·∇L > 0, and a direction
+    unrelated to ∇L does so with probability 1/2, so it would pass 9 of 10 with probability
+    11/1024 ≈ 0.011; ES's direction does so in expectation (Eĝ = ∇ of the smoothed loss), and the
+    one miss allowed covers that L is measured on 64 fresh tasks, not on the ES tasks."""
     cfg = replace(CFG, tasks_per_pair=4)
 
     def loss(theta, key):
@@ -83,8 +86,8 @@ def test_es_descends_the_meta_loss():
         step = theta - 1e-2 * g / jnp.linalg.norm(g)
         return st.meta_loss(step, k_val, cfg, 64) < st.meta_loss(theta, k_val, cfg, 64)
 
-    wins = jax.lax.map(check, jax.random.split(jax.random.key(4), 5))
-    assert int(wins.sum()) >= 4
+    wins = jax.lax.map(check, jax.random.split(jax.random.key(4), 10))
+    assert int(wins.sum()) >= 9
 
 
 def reference_features(gs, p, cfg):
@@ -266,7 +269,7 @@ def test_self_training_without_any_hand_designed_optimizer(monkeypatch):
     h0 = jnp.full(runs, CFG.h0_self, jnp.float32)
     teacher = jnp.zeros((runs, n_theta))
     carry = init(keys["init"], keys["val"], h0, CFG.steps, teacher, False, CFG)
-    start = carry["elite"]["theta"]
+    start = np.asarray(carry["pop"]["theta"])  # (runs, N, n)
     run = st.make_train(CFG, modes=("self",))
     mode = jnp.full(runs, st.SELF)
     elite = [np.asarray(carry["elite"]["score"])]
@@ -279,8 +282,11 @@ def test_self_training_without_any_hand_designed_optimizer(monkeypatch):
     elite = np.array(elite)
     assert np.all(np.isfinite(elite)) and np.all(np.diff(elite, axis=0) <= 0)
 
-    moved = np.abs(np.asarray(carry["pop"]["theta"]) - np.asarray(start)[:, None]).max()
-    assert moved > 0  # the members trained themselves (a zero update would leave them alike)
+    # PBT only copies whole members (and the elite is one of them), so with a zero update every
+    # final θ would equal some initial member bitwise; a member that equals none trained itself
+    for r in range(runs):
+        final = np.asarray(carry["pop"]["theta"][r])
+        assert any(not any(np.array_equal(t, t0) for t0 in start[r]) for t in final), r
 
 
 def test_quick_run_self_trains(tmp_path_factory):
@@ -299,13 +305,13 @@ def test_quick_run_self_trains(tmp_path_factory):
         "feedback_gain",
     ):
         assert len(m[name]["per_seed"]) == 3, name
-    ci = record["self_minus_adam_outer_ci95"]
-    assert ci[0] <= m["self_minus_adam_outer"]["mean"] <= ci[1]
-    assert m["test_best_self"]["mean"] < m["test_best_random_init"]["mean"]
-    gd = np.asarray(m["test_tuned_gd"]["per_seed"])
+    # the 95% interval of the paired gap is mean ± t(0.975, 2) s/√3 with the tabled t = 4.303
+    gap = np.asarray(m["self_minus_adam_outer"]["per_seed"], np.float64)
+    half = 4.303 * gap.std(ddof=1) / np.sqrt(3)
     np.testing.assert_allclose(
-        np.asarray(m["test_best_self"]["per_seed"]) - gd, m["self_minus_tuned_gd"]["per_seed"]
+        record["self_minus_adam_outer_ci95"], [gap.mean() - half, gap.mean() + half], rtol=1e-6
     )
+    assert m["test_best_self"]["mean"] < m["test_best_random_init"]["mean"]
 
 
 @pytest.mark.parametrize(
