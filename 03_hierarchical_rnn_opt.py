@@ -35,14 +35,18 @@
 # baseline. Then, as in 2021, we look inside a simpler learned optimizer for momentum,
 # gradient clipping, a schedule and learning-rate adaptation.
 #
-# **Reproduced:** the 2017 claim "beats Adam on problems like its meta-training set" at toy
-# scale, with its generalisation to a held-out family (an MLP) and to 5× the trained horizon;
-# TaskSet's list against random search; the 2021 mechanisms.
+# **Reproduced, in part:** the 2017 claim "beats Adam on problems like its meta-training set" at
+# toy scale; its claimed generalisation is *tested*: in our full run it holds at 5× the trained
+# horizon but not on a held-out family (an MLP: the learned optimizer loses there); TaskSet's
+# list against random search; the 2021 mechanisms.
 #
 # **Run:** `python 03_hierarchical_rnn_opt.py` (about 3.5 min on 2 CPU cores, cold) or `--quick`
 # (under a minute); `--scale paper` sizes meta-training for a GPU.
 #
-# **Expect** (full run, 3 seeds, mean ± std, all on test instances; 201 s cold on 2 CPU cores):
+# **Expect** (full run, 3 seeds, mean ± std, all on test instances; 201 s cold on 2 CPU cores).
+# The table predates two changes that can move its numbers: Adam's learning rate is now tuned on
+# validation by the final loss the win rates judge (it was the mean log ratio over H), and the
+# adaptation slope is measured from the best-converged fixed point; the next full run updates it.
 #
 # | on test instances | ours | paper |
 # |---|---|---|
@@ -54,7 +58,8 @@
 # | win rate vs per-instance tuned Adam / vs TaskSet list@1 | 0.59 ± 0.14 / 0.85 ± 0.13 | |
 # | score (mean log f_t/f_0) learned / tuned Adam | −4.32 ± 0.09 / −3.82 ± 0.04 | |
 # | TaskSet: random trials to match list@1 / list@10 (of 200) | 92 ± 18 / 194 ± 1 | list wins |
-# | 2021: momentum mode λ1, α1; update at g = 10 / linear | 0.84 ± 0.02, 3.6; 0.18 | 0.88, 3.76 |
+# | 2021: momentum mode λ1, α1; update at g = 10 / linear | 0.84 ± 0.02, 3.6; 0.18 | |
+# | heavy ball β*, α* optimal for curvatures in [1e-3, 1] (computed) | | 0.88, 3.76 |
 # | 2021: adaptation slope (state adapts / held at h*(0)) | −1.13 ± 0.11 / −0.41 | RMSProp −1 |
 #
 # So the 2017 claim half reproduces: on the training families the learned optimizer beats
@@ -95,8 +100,8 @@ class Config:
     eta_hi: float = 1e-1  # (code: 1e-2; widened so that a short meta-training can take big steps)
     use_attention: bool = False  # look-ahead gradient (code: off)
     # the problems: θ is laid out as an MLP n_in-n_hidden-1 (n = 36, four tensors)
-    n_in: int = 3
-    n_hidden: int = 7
+    n_in: int = 3  # inputs of the MLP layout (and of the teacher MLP's data)
+    n_hidden: int = 7  # hidden units of the MLP layout: n = n_in·n_hidden + 2·n_hidden + 1 = 36
     n_data: int = 64  # rows of the data matrix A (code: 1000 points for logistic regression)
     batch_rows: int = 16  # minibatch rows per gradient (code: batch 20-100)
     label_noise: float = 1.0  # std of the noise on regression targets and logistic logits
@@ -159,7 +164,11 @@ PAPER_SCALE = dict(batch=128, meta_steps=20_000, checkpoint_every=1000, meta_cli
 # 3. regression onto a teacher MLP with noisy targets: the family **never meta-trained on**.
 #
 # The optimizers see minibatch gradients (16 of the 64 rows); the loss we score is the full
-# batch, as in the original code. No family has a minimum at 0 that a float can reach.
+# batch, as in the original code. Least squares and the teacher MLP have noisy targets, so a
+# positive minimum; logistic regression with label noise and L2 has a finite minimiser with a
+# positive loss. The 2-D functions do have a minimum of 0 (Rosenbrock, Booth and Matyas); what
+# keeps them off it is the gradient noise, whose size is fixed (10% of the RMS gradient at θ0),
+# so an optimizer that does not anneal its step jitters at a floor above 0.
 #
 # > The first edition's families were partly degenerate: its logistic data were linearly
 # > separable (no finite minimiser; Adam at lr 30 drove the loss to exactly 0), its held-out
@@ -174,6 +183,10 @@ FAMILIES = ("quadratic", "2-D functions", "logistic", "MLP (held out)")
 FUNCTIONS_2D = ("Rosenbrock", "Booth", "Matyas")
 TRAIN_FAMILIES = (0, 1, 2)
 HELD_OUT_FAMILY = 3
+TRAIN_STREAM = 1  # folded into each seed's key: meta-training's own problems
+SPLIT_STREAMS = {"train": 2, "val": 3, "test": 4}  # ... the fixed instance sets
+TASKSET_STREAM = 5  # ... TaskSet's random Adam settings
+GRU_STREAM = 6  # ... the 2021 GRU optimizer
 
 
 def layout(cfg: Config) -> np.ndarray:
@@ -366,8 +379,12 @@ def gru(p: dict, x: jax.Array, h: jax.Array, bias=0.0) -> jax.Array:
 
 def init_meta_params(key: jax.Array, cfg: Config) -> dict:
     """φ: the optimizer's own weights (about 7.4k numbers with the defaults)."""
-    H0, H1, H2, F = cfg.H0, cfg.H1, cfg.H2, 3 * cfg.K
+    H0 = cfg.H0
+    H1 = cfg.H1
+    H2 = cfg.H2
+    F = 3 * cfg.K  # features per coordinate
     ks = jax.random.split(key, 12)
+    k_a = jax.random.fold_in(key, 12)  # w_a's own key (it shared w_u's; fold_in keeps ks as were)
 
     def normal(k, *shape):
         return 0.5 / np.sqrt(shape[0]) * jax.random.normal(k, shape)
@@ -392,7 +409,7 @@ def init_meta_params(key: jax.Array, cfg: Config) -> dict:
         b_eta=jnp.array(0.0),
         c=jnp.array(-1.0),
         mu_logit=jnp.array(3.2),
-        w_a=normal(ks[6], H0),
+        w_a=normal(k_a, H0),
         h0_init=uniform(ks[9], H0),
         h1_init=uniform(ks[10], H1),
         h2_init=uniform(ks[11], H2),
@@ -782,9 +799,22 @@ def plot_meta_training(ax: plt.Axes, cfg: Config, trained: dict) -> None:
 # %% [markdown]
 # ## Experiment 2: Adam, tuned the way a reviewer would tune it
 # Adam (Kingma & Ba 2015) on the same minibatches as the learned optimizer, over a learning-rate
-# grid of factor-3 steps. **Tuned per family**: the rate with the best validation score in each
-# family, checked to lie strictly inside the grid. **Tuned per instance**: the best rate for
-# each test instance on that instance itself, an upper bound no real user gets.
+# grid of factor-3 steps. **Tuned per family**: the rate with the best validation result in each
+# family. Where that rate lies on an edge of the grid, the printed line and the JSON
+# (`adam_grid_edges`) name the family and the criterion: that baseline may then be under-tuned
+# (nothing widens the grid automatically). **Tuned per instance**: the best rate for each test
+# instance on that instance itself, an upper bound no real user gets.
+#
+# > Adam is tuned by the criterion of the comparison it enters. The win rates and steps to
+# > match judge the final loss at step H, so for them Adam's rate (per family on validation, per
+# > instance on test) minimises the mean over instances of $\log(f_H/f_0)$; the win rate at 5H
+# > uses the rate that minimises $\log(f_{5H}/f_0)$ on validation; the scores (mean log ratio over
+# > H) use the rate with the best validation score. The first version tuned Adam by the score
+# > alone and then judged it by its final loss, which tilts the comparison towards the learned
+# > optimizer: the rate that is best on average over H need not be the one that ends lowest
+# > (a larger rate gets down sooner, a smaller one ends lower on noisy gradients). The learned
+# > optimizer's checkpoint is still chosen by the score (its meta-objective); a mismatch there
+# > can only handicap the learned optimizer, not the baseline.
 #
 # > We also report the share of the tuned Adam's (instance, step) pairs within 10× of the
 # > score's floor ($f_t/f_0 < 10^{-5}$): the first edition had 22.6% there.
@@ -830,60 +860,98 @@ def join_splits(splits: dict, names: tuple) -> dict:
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, 1), *parts)
 
 
+def final_log_ratio(fs: np.ndarray, f0: np.ndarray, t: int) -> np.ndarray:
+    """log(f_t/f_0 + 1e-6) at step t (1-based) of each run, capped as in log_ratio: (...,)."""
+    return log_ratio(fs[..., t - 1, None], f0)[..., 0]
+
+
+def tune_per_family(criterion: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """criterion (S, G, N) of every grid setting on every instance (lower is better) -> the
+    grid index (S, families) minimising its mean over each family's instances."""
+    means = [criterion[:, :, kinds == k].mean(-1).argmin(1) for k in range(len(FAMILIES))]
+    return np.stack(means, 1)
+
+
+CRITERIA = {  # the name of each Adam tuning criterion, as printed
+    "final": "final loss at H",
+    "final_long": "final loss at the long horizon",
+    "mean": "score over H",
+}
+
+
 def adam_baselines(cfg: Config, splits: dict) -> dict:
     """Experiment: Adam's grid on the validation and test instances for 5× the horizon; the
-    rate per family chosen on validation, the rate per test instance chosen on itself.
-    Prints one line; returns the tuned runs on test and the metrics."""
+    rate per family chosen on validation, the rate per test instance chosen on itself, each by
+    every criterion of CRITERIA. Prints one line; returns the tuned runs on test (a dict per
+    criterion) and the metrics."""
     start = time.perf_counter()
     S, N = splits["test"]["keys"].shape
-    steps = cfg.horizon * cfg.long_factor
+    H = cfg.horizon
+    steps = H * cfg.long_factor
     both = join_splits(splits, ("val", "test"))
     hp = jax.tree_util.tree_map(lambda a: jnp.tile(a, (S, 1)), adam_settings(cfg.adam_lrs))
     fs, compile_s = evaluate_adam(cfg, hp, both["probs"], both["keys"], steps)
-    fs_val, fs_test = fs[:, :, :N], fs[:, :, N:]  # (S, G, N, steps)
-    val_scores = score(fs_val, splits["val"]["f0"][:, None], cfg.horizon)  # (S, G, N)
-    test_scores = score(fs_test, splits["test"]["f0"][:, None], cfg.horizon)
-    kinds = np.asarray(splits["test"]["probs"]["kind"][0])  # the same in every seed
-    family_lr = np.stack(
-        [val_scores[:, :, kinds == k].mean(-1).argmin(1) for k in range(len(FAMILIES))], 1
-    )  # (S, families): index into the grid
-    per_family = family_lr[:, kinds]  # (S, N)
-    per_instance = test_scores.argmin(1)  # (S, N), chosen on test itself: an upper bound
+    fs_val = fs[:, :, :N]  # (S, G, N, steps)
+    fs_test = fs[:, :, N:]
+    f0_val = splits["val"]["f0"][:, None]  # (S, 1, N)
+    f0_test = splits["test"]["f0"][:, None]
+
+    def criteria(runs, f0):  # every criterion of every run: (S, G, N) each
+        return {
+            "final": final_log_ratio(runs, f0, H),
+            "final_long": final_log_ratio(runs, f0, steps),
+            "mean": score(runs, f0, H),
+        }
+
+    on_val = criteria(fs_val, f0_val)
+    on_test = criteria(fs_test, f0_test)
+    kinds_val = np.asarray(splits["val"]["probs"]["kind"][0])  # the same in every seed
+    kinds = np.asarray(splits["test"]["probs"]["kind"][0])
     rows = np.arange(S)[:, None]
     cols = np.arange(N)[None]
-    tuned = fs_test[rows, per_family, cols]  # (S, N, steps)
-    oracle = fs_test[rows, per_instance, cols]
-    edges = sorted(
-        {
-            FAMILIES[k]
+    family_lr = {name: tune_per_family(c, kinds_val) for name, c in on_val.items()}
+    tuned = {name: fs_test[rows, lr[:, kinds], cols] for name, lr in family_lr.items()}
+    # per instance, chosen on test itself: an upper bound
+    oracle = {name: fs_test[rows, on_test[name].argmin(1), cols] for name in ("final", "mean")}
+    last = len(cfg.adam_lrs) - 1
+    edges = {
+        CRITERIA[name]: [
+            f"{FAMILIES[k]} ({int(np.isin(lr[:, k], (0, last)).sum())} of {S} seeds)"
             for k in range(len(FAMILIES))
-            if np.any(np.isin(family_lr[:, k], (0, len(cfg.adam_lrs) - 1)))
-        }
-    )
+            if np.any(np.isin(lr[:, k], (0, last)))
+        ]
+        for name, lr in family_lr.items()
+    }
+    edges = {name: families for name, families in edges.items() if families}
     train = np.isin(kinds, TRAIN_FAMILIES)
-    ratios = tuned[:, train, : cfg.horizon] / splits["test"]["f0"][:, train, None]
+    f0_train = splits["test"]["f0"][:, train]
+    ratios = tuned["final"][:, train, :H] / f0_train[..., None]
     floor = (ratios < 1e-5).mean((1, 2))
     metrics = {
         "adam_floor_share": utils.summarize(floor),
-        "score_adam_tuned": utils.summarize(
-            score(tuned[:, train], splits["test"]["f0"][:, train], cfg.horizon).mean(1)
-        ),
+        "score_adam_tuned": utils.summarize(score(tuned["mean"][:, train], f0_train, H).mean(1)),
         "score_adam_instance_tuned": utils.summarize(
-            score(oracle[:, train], splits["test"]["f0"][:, train], cfg.horizon).mean(1)
+            score(oracle["mean"][:, train], f0_train, H).mean(1)
         ),
     }
+    grid = np.asarray(cfg.adam_lrs)
     for k, name in enumerate(FAMILIES):
-        metrics[f"adam_lr_{name.split()[0].lower()}"] = utils.summarize(
-            np.asarray(cfg.adam_lrs)[family_lr[:, k]]
-        )
+        short = name.split()[0].lower()
+        metrics[f"adam_lr_{short}"] = utils.summarize(grid[family_lr["final"][:, k]])
+        metrics[f"adam_lr_{short}_by_score"] = utils.summarize(grid[family_lr["mean"][:, k]])
     chosen = ", ".join(
-        f"{FAMILIES[k].split()[0]} {np.median(np.asarray(cfg.adam_lrs)[family_lr[:, k]]):g}"
+        f"{FAMILIES[k].split()[0]} {np.median(grid[family_lr['final'][:, k]]):g}"
         for k in range(len(FAMILIES))
     )
-    edge_note = f"; on the grid's edge: {', '.join(edges)}" if edges else "; all inside the grid"
+    if edges:
+        where = "; ".join(f"by {name}: {', '.join(fams)}" for name, fams in edges.items())
+        edge_note = f"; BEST LR ON THE GRID'S EDGE (baseline may be under-tuned) {where}"
+    else:
+        edge_note = "; every best lr strictly inside the grid"
     print(
         utils.summary_line(
-            f"Adam tuned per family on validation (median lr: {chosen}{edge_note}), test",
+            f"Adam tuned per family on validation (median lr by final loss at H: {chosen}"
+            f"{edge_note}), test",
             [
                 ("score", metrics["score_adam_tuned"], "lower is better"),
                 ("per-instance tuned", metrics["score_adam_instance_tuned"], "upper bound"),
@@ -1039,7 +1107,7 @@ def taskset(cfg: Config, seeds: list, splits: dict) -> dict:
             f"test), random trials to match",
             [
                 ("list@1", metrics["taskset_trials_to_match_list1"], "paper: list beats random"),
-                (f"list@{L}", metrics["taskset_trials_to_match_list10"], "TaskSet Fig. 7: ~10x"),
+                (f"list@{L}", metrics["taskset_trials_to_match_list10"], "TaskSet: list wins"),
             ],
             compile_s,
             time.perf_counter() - start - compile_s,
@@ -1082,8 +1150,9 @@ def plot_taskset(ax: plt.Axes, result: dict) -> None:
 #   $t$ is the first step at which each reaches tuned Adam's loss after H steps (below 1: the
 #   learned optimizer gets there sooner; an instance it never reaches within 5H counts as
 #   5H, so the median is then a lower bound);
-# - the same win rate on the **held-out MLP family**, at **5× the horizon**, against
-#   per-instance tuned Adam and against the TaskSet list's first setting.
+# - the same win rate on the **held-out MLP family**, at **5× the horizon** (against Adam tuned
+#   on validation for its final loss at 5H), against per-instance tuned Adam and against the
+#   TaskSet list's first setting (chosen by TaskSet's score, as the paper builds its list).
 
 
 # %%
@@ -1111,12 +1180,15 @@ def learned_vs_adam(cfg: Config, splits: dict, trained: dict, adam: dict, lists:
     (fs, log_steps), compile_s = evaluate_learned(
         cfg, trained["metas"], test["probs"], test["keys"], steps
     )  # (S, 3, N, steps): chosen, last, untrained
-    chosen, last, untrained = fs[:, 0], fs[:, 1], fs[:, 2]
+    chosen = fs[:, 0]
+    last = fs[:, 1]
+    untrained = fs[:, 2]
     f0 = test["f0"]
     kinds = np.asarray(test["probs"]["kind"][0])
     train = np.isin(kinds, TRAIN_FAMILIES)
     held = kinds == HELD_OUT_FAMILY
-    tuned = adam["tuned"]
+    tuned = adam["tuned"]["final"]  # Adam tuned by what the win rates judge (Experiment 2)
+    tuned_score = adam["tuned"]["mean"]  # ... and by the score, for the score ratios
 
     def wins(a, b, t, where):
         return (a[:, where, t - 1] < b[:, where, t - 1]).mean(1)
@@ -1130,8 +1202,12 @@ def learned_vs_adam(cfg: Config, splits: dict, trained: dict, adam: dict, lists:
         "win_rate_vs_tuned_adam": utils.summarize(wins(chosen, tuned, H, train)),
         "steps_to_match_ratio": utils.summarize(np.median(ratio, 1)),
         "heldout_family_win_rate": utils.summarize(wins(chosen, tuned, H, held)),
-        "win_rate_5x_horizon": utils.summarize(wins(chosen, tuned, steps, train)),
-        "win_rate_vs_instance_tuned_adam": utils.summarize(wins(chosen, adam["oracle"], H, train)),
+        "win_rate_5x_horizon": utils.summarize(
+            wins(chosen, adam["tuned"]["final_long"], steps, train)
+        ),
+        "win_rate_vs_instance_tuned_adam": utils.summarize(
+            wins(chosen, adam["oracle"]["final"], H, train)
+        ),
         "win_rate_vs_taskset_list1": utils.summarize(
             wins(chosen[..., :H], lists["list_best_test"], H, train)
         ),
@@ -1143,12 +1219,12 @@ def learned_vs_adam(cfg: Config, splits: dict, trained: dict, adam: dict, lists:
         "improvement_over_init_nats": utils.summarize(
             scores(untrained, train) - scores(chosen, train)
         ),
-        "frac_of_tuned_adam": utils.summarize(scores(chosen, train) / scores(tuned, train)),
+        "frac_of_tuned_adam": utils.summarize(scores(chosen, train) / scores(tuned_score, train)),
         "frac_of_tuned_adam_5x_horizon": utils.summarize(
-            scores(chosen, train, steps) / scores(tuned, train, steps)
+            scores(chosen, train, steps) / scores(tuned_score, train, steps)
         ),
         "frac_of_tuned_adam_heldout_mlp": utils.summarize(
-            scores(chosen, held) / scores(tuned, held)
+            scores(chosen, held) / scores(tuned_score, held)
         ),
         "improvement_over_init_heldout_mlp_nats": utils.summarize(
             scores(untrained, held) - scores(chosen, held)
@@ -1196,7 +1272,7 @@ def plot_test_curves(ax: plt.Axes, cfg: Config, name: str, curves: dict) -> None
     band(ax, t, curves["chosen"], "C0", "learned, chosen on validation")
     band(ax, t, curves["last"], "C1", "learned, last meta-iterate")
     band(ax, t, curves["untrained"], "C7", "learned, untrained")
-    band(ax, t, curves["adam"], "C2", "Adam, lr tuned per family")
+    band(ax, t, curves["adam"], "C2", "Adam, lr tuned per family (final loss at H)")
     ax.axvline(cfg.horizon, color="k", ls=":", lw=1, label="trained horizon")
     ax.set(xscale="log", xlabel="step", ylabel="mean log f_t/f_0", title=f"Test: {name}")
     ax.legend(fontsize=7)
@@ -1432,6 +1508,9 @@ if utils.in_notebook():
 
 
 # %%
+ADAPTATION_G0 = np.concatenate([-np.logspace(-2, 1, 7), np.logspace(-2, 1, 7)])  # |g0| 1e-2…10
+
+
 def local_learning_rate(cell: Callable, delta: Callable, g0, h_start: jax.Array) -> tuple:
     """(h*(g0), η(g0), residual): the fixed point under constant gradient g0 (Newton from
     h_start) and the slope -∂Δ(h*, g)/∂g at g = g0; delta(h, g) is the update from state h."""
@@ -1470,8 +1549,9 @@ def visit(p: dict, key: jax.Array, cfg: Config) -> dict:
     lrs = lax.scan(schedule_step, jnp.zeros(cfg.re_hidden), None, length=cfg.re_T)[1]
     gd = jax.vmap(lambda q: run_gru_lopt(p, q, cfg.re_T, alpha=2 / (1e-3 + 1))[0])(quads)
     g0s = jnp.asarray(ADAPTATION_G0)
-    _, etas, residuals = jax.vmap(lambda g: local_learning_rate(cell, delta, g, h_fp[0]))(g0s)
-    h_zero = fixed_points(cell, h_fp[:1])[0][0]  # the state held at h*(0): clipping alone
+    h_best = h_fp[jnp.argmin(jnp.where(jnp.isfinite(q), q, jnp.inf))]  # as `analyse` takes it
+    _, etas, residuals = jax.vmap(lambda g: local_learning_rate(cell, delta, g, h_best))(g0s)
+    h_zero = fixed_points(cell, h_best[None])[0][0]  # the state held at h*(0): clipping alone
     etas_clip = jax.vmap(jax.grad(lambda g: -delta(h_zero, g)))(g0s)
     return dict(
         fs=fs,
@@ -1484,9 +1564,6 @@ def visit(p: dict, key: jax.Array, cfg: Config) -> dict:
         etas_clip=etas_clip,
         eta_residuals=residuals,
     )
-
-
-ADAPTATION_G0 = np.concatenate([-np.logspace(-2, 1, 7), np.logspace(-2, 1, 7)])
 
 
 def analyse(p: dict, v: dict) -> dict:
@@ -1510,7 +1587,9 @@ def analyse(p: dict, v: dict) -> dict:
     settled = np.asarray(v["eta_residuals"]) < 1e-8
     usable = settled & (np.abs(etas) > 0)
     etas_clip = np.asarray(v["etas_clip"])
-    exponent = adaptation_exponent(ADAPTATION_G0[usable], etas[usable]) if usable.sum() > 2 else 0.0
+    exponent = None  # not measured: fewer than 3 of the fixed points under g0 settled
+    if usable.sum() > 2:
+        exponent = adaptation_exponent(ADAPTATION_G0[usable], etas[usable])
     clip_only = np.abs(etas_clip) > 0
     clip_exponent = adaptation_exponent(ADAPTATION_G0[clip_only], etas_clip[clip_only])
     return dict(
@@ -1564,27 +1643,32 @@ def reverse_engineering(cfg: Config, seeds: list, t0: float) -> dict:
             "g_p99",
             "objective",
             "gd_objective",
-            "adaptation_exponent",
             "clip_only_exponent",
             "adaptation_settled",
         )
     }
     metrics["re_meta_loss_last_100"] = utils.summarize(np.asarray(losses)[:, -100:].mean(1))
-    print(
-        utils.summary_line(
-            "2021 mechanisms of a GRU optimizer",
-            [
-                ("momentum |λ1|", metrics["re_lambda1"], f"optimal heavy ball β* {b_star:.3f}"),
-                ("α1", metrics["re_alpha1"], f"α* {a_star:.2f}"),
-                ("update at g=10 / linear", metrics["re_clip_ratio"], "clips if < 1"),
-                ("adaptation slope", metrics["re_adaptation_exponent"], "RMSProp -1, none 0"),
-                ("same, state held at h*(0)", metrics["re_clip_only_exponent"], "clipping alone"),
-            ],
-            compile_s,
-            time.perf_counter() - start - compile_s,
-        )
+    exponents = [r["adaptation_exponent"] for r in per_seed]  # None where not measured
+    rows = [
+        ("momentum |λ1|", metrics["re_lambda1"], f"optimal heavy ball β* {b_star:.3f}"),
+        ("α1", metrics["re_alpha1"], f"α* {a_star:.2f}"),
+        ("update at g=10 / linear", metrics["re_clip_ratio"], "clips if < 1"),
+    ]
+    title = "2021 mechanisms of a GRU optimizer"
+    if None in exponents:  # a mean over the seeds measured would hide which ones were not
+        missing = [seeds[s] for s, e in enumerate(exponents) if e is None]
+        title += f" (adaptation slope not measured on seed(s) {missing}: ≤ 2 fixed points settled)"
+    else:
+        metrics["re_adaptation_exponent"] = utils.summarize(exponents)
+        rows.append(("adaptation slope", metrics["re_adaptation_exponent"], "RMSProp -1, none 0"))
+    rows.append(("same, state held at h*(0)", metrics["re_clip_only_exponent"], "clipping alone"))
+    print(utils.summary_line(title, rows, compile_s, time.perf_counter() - start - compile_s))
+    return dict(
+        per_seed=per_seed,
+        adaptation_exponent_per_seed=exponents,
+        compile_s=compile_s,
+        metrics=metrics,
     )
-    return dict(per_seed=per_seed, compile_s=compile_s, metrics=metrics)
 
 
 def plot_modes(ax: plt.Axes, per_seed: list) -> None:
@@ -1646,10 +1730,11 @@ PAPER = {
     "url": "https://arxiv.org/abs/1703.04813",
     "url_taskset": "https://arxiv.org/abs/2002.11887",
     "url_2021": "https://arxiv.org/abs/2011.02159",
-    "reproduced": "the 2017 claim that the learned optimizer beats Adam on problems like its "
-    "meta-training set and generalises to a new family and longer horizons (toy scale, tested "
-    "on held-out instances); TaskSet's learned list vs random search; the 2021 momentum, "
-    "clipping, schedule and learning-rate adaptation",
+    "reproduced": "in part: the 2017 claim that the learned optimizer beats Adam on problems like "
+    "its meta-training set (toy scale, on held-out instances); its generalisation is tested, "
+    "at 5x the trained horizon and on a held-out family (where our full run loses); TaskSet's "
+    "learned list vs random search; the 2021 momentum, clipping, schedule and learning-rate "
+    "adaptation",
 }
 PAPER_VALUES = {
     "claim_2017": "outperforms hand-designed optimizers (Adam, RMSProp) on problems like its "
@@ -1663,10 +1748,6 @@ PAPER_VALUES = {
     "in shared/papers/03_hierarchical_rnn_opt.md; (α*, β*) computed for λ in [1e-3, 1]; no "
     "paper table is reproduced",
 }
-TRAIN_STREAM = 1  # folded into each seed's key: meta-training's own problems
-SPLIT_STREAMS = {"train": 2, "val": 3, "test": 4}  # ... the fixed instance sets
-TASKSET_STREAM = 5  # ... TaskSet's random Adam settings
-GRU_STREAM = 6  # ... the 2021 GRU optimizer
 
 
 def make_splits(cfg: Config, seeds: list) -> dict:
@@ -1775,6 +1856,7 @@ def main(argv: Union[list, None] = None) -> dict:
         seeds=seeds,
         metrics=metrics,
         adam_grid_edges=adam["grid_edges"],
+        re_adaptation_exponent_per_seed=re["adaptation_exponent_per_seed"],
         taskset_first_setting={k: v.tolist() for k, v in lists["first_setting"].items()},
         paper_values=PAPER_VALUES,
         compile_s=compile_s,

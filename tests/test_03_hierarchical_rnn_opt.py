@@ -178,8 +178,11 @@ def test_hierarchy_wiring():
         zero = {**meta, **{a: jnp.zeros_like(meta[a]) for a in ("A10", "A20", "A21")}}
         assert np.all(jac(zero)[cross] == 0)
         assert np.abs(jac(zero)[~cross]).max() > 1e-3
-        # through h2 the cross path is a product of many (1 - u) ≈ 0.1 gates: small, not zero
-        assert np.abs(jac(meta)[cross]).max() > 1e-12
+        # through h2 the cross path is a product of many (1 - u) ≈ 0.1 gates: small, but a real
+        # path, not rounding: float64 rounding of the within-tensor entries is ~1e-16 of them,
+        # and we ask the cross-tensor entries for 1e-8 of them, eight orders above it
+        within = np.abs(jac(meta)[~cross]).max()
+        assert np.abs(jac(meta)[cross]).max() > 1e-8 * within
         theta, st, _ = trajectory(meta, f, theta0, cfg, 3)
         update = m.make_hrnn_optimizer(meta, SEG, cfg)[1]
         dh2 = jax.jacobian(lambda g: update(g, st, theta)[1]["h2"])(jax.grad(f)(theta))
@@ -349,22 +352,26 @@ def test_expected_best_of_k_against_monte_carlo_and_limits():
 
 
 def test_greedy_list_recovers_one_prototype_per_cluster():
-    """Three clusters of four tasks, each solved best by one prototype (score 0) and moderately
-    by its neighbours (1); everything else scores 5, except a generalist scoring 1.5 on every
-    task. Greedy takes the generalist first (mean 1.5, the best single setting), then exactly
-    one prototype per cluster (each drops the mean by 0.5; a neighbour only by 1/6)."""
-    s = np.full((10, 12), 5.0)
-    prototypes = [1, 4, 7]
-    for cluster, p in enumerate(prototypes):
-        cols = slice(4 * cluster, 4 * cluster + 4)
-        for row in (p - 1, p + 1):
-            s[row, cols] = 1.0
-        s[p, cols] = 0.0
-    s[9] = 1.5
-    order = m.greedy_list(s, 4)
-    assert order[0] == 9
-    assert sorted(order[1:]) == prototypes
-    assert m.greedy_list(s[:9], 3) == [1, 4, 7]  # ties broken by the lowest index
+    """Clusters of 6, 3 and 3 tasks (columns), each solved best by one prototype (rows 1, 4, 7:
+    score 0, or 0.3 for the third) and nearly as well by its two neighbours (1); every other
+    score is 5. Ranking the rows by their mean score takes the big cluster's prototype and then
+    its two neighbours (means 2.5, 3, 3; the small clusters' prototypes have 3.75 and 3.83):
+    it covers one cluster three times. Greedy takes the big cluster's prototype (the mean best
+    score falls to 2.5), then the second cluster's (to 1.25; a neighbour of the first gains 0),
+    then the third's (to 0.075)."""
+    s = np.full((9, 12), 5.0)
+    clusters = [(slice(0, 6), 1, 0.0), (slice(6, 9), 4, 0.0), (slice(9, 12), 7, 0.3)]
+    for cols, p, best in clusters:
+        s[p - 1, cols] = 1.0
+        s[p + 1, cols] = 1.0
+        s[p, cols] = best
+    by_mean = list(np.argsort(s.mean(1), kind="stable")[:3])
+    assert by_mean == [1, 0, 2]  # the alternative the test must tell greedy from
+    assert m.greedy_list(s, 3) == [1, 4, 7]
+    # a generalist scoring 2 on every task is the best single setting (mean 2 < 2.5): greedy
+    # takes it first, then the prototypes by cluster size (gains 1.0, then 0.5, then 0.425)
+    s = np.vstack([s, np.full(12, 2.0)])
+    assert m.greedy_list(s, 4) == [9, 1, 4, 7]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -458,12 +465,86 @@ def test_first_reach_and_steps_to_match():
     np.testing.assert_allclose(m.steps_to_match(learned, adam, 3), [1.0, 4 / 3])
 
 
+def test_w_a_has_its_own_key():
+    """The attention readout w_a once shared w_u's key, so the two started identical."""
+    meta = m.init_meta_params(jax.random.key(30), m.Config())
+    assert not np.allclose(meta["w_a"], meta["w_u"])
+
+
+def test_splits_differ_and_same_key_gives_same_result():
+    """Training, validation and test instances (and seeds) are drawn apart; the same seeds give
+    the same instances, and the same key the same learned-optimizer run."""
+    cfg = replace(TINY, per_family=1)
+    splits = m.make_splits(cfg, [0, 1])
+    again = m.make_splits(cfg, [0, 1])
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(splits[name]["probs"]["A"], again[name]["probs"]["A"])
+        np.testing.assert_array_equal(
+            jax.random.key_data(splits[name]["keys"]), jax.random.key_data(again[name]["keys"])
+        )
+    for a, b in itertools.combinations(("train", "val", "test"), 2):
+        assert not np.any(
+            np.isclose(splits[a]["probs"]["A"], splits[b]["probs"]["A"]).all((-2, -1))
+        )
+        assert not np.any(np.isclose(splits[a]["f0"], splits[b]["f0"]))
+    assert not np.isclose(splits["test"]["f0"][0], splits["test"]["f0"][1]).any()  # seeds
+    meta = m.init_meta_params(jax.random.key(31), cfg)
+    prob = jax.tree_util.tree_map(lambda a: a[0, 0], splits["test"]["probs"])
+    run = jax.jit(lambda k: m.run_learned(meta, prob, k, cfg, 5)[0])
+    first = np.asarray(run(jax.random.key(32)))
+    np.testing.assert_array_equal(first, np.asarray(run(jax.random.key(32))))
+    assert not np.array_equal(first, np.asarray(run(jax.random.key(33))))
+
+
+def test_adam_tuned_by_final_loss_and_by_score_differ():
+    """Two rates on one family: a fast one that stalls (lower mean over H) and a slow one that
+    ends lower. Tuning by the final loss at H, the criterion of the win rate, picks the slow
+    one; tuning by the score picks the fast one. The other families prefer rate 0 both ways."""
+    H = 4
+    fast = [0.1, 0.05, 0.05, 0.05]
+    slow = [0.9, 0.5, 0.1, 0.01]
+    up = [2.0] * H
+    fs = np.array([[fast] * 5, [slow, slow, up, up, up]])[None]  # (S=1, G=2, N=5, H)
+    f0 = np.ones((1, 1, 5))
+    kinds = np.array([0, 0, 1, 2, 3])
+    final = m.tune_per_family(m.final_log_ratio(fs, f0, H), kinds)
+    by_score = m.tune_per_family(m.score(fs, f0, H), kinds)
+    assert final[0].tolist() == [1, 0, 0, 0]
+    assert by_score[0].tolist() == [0, 0, 0, 0]
+    np.testing.assert_allclose(m.final_log_ratio(fs, f0, H)[0, 1, 0], np.log(0.01 + 1e-6))
+
+
+def test_adaptation_slope_is_null_when_fixed_points_do_not_settle():
+    """`analyse` reports the slope as None (null in JSON), not 0, when ≤ 2 fixed points under
+    constant gradients settle; with η = 1/|g0| settled everywhere it is -1."""
+    hidden = 4
+    p = dict(
+        gru=m.init_gru(jax.random.key(34), 1, hidden, 0.0), b=jnp.array(0.0), w=jnp.ones(hidden)
+    )
+    g0 = m.ADAPTATION_G0
+    v = dict(
+        h_fp=np.zeros((2, hidden)),
+        q=np.array([np.nan, 1e-12]),
+        fs=np.ones((2, 3)),
+        gd=np.ones((2, 3)),
+        lrs=np.ones(5),
+        g_p99=1.0,
+        etas=1 / np.abs(g0),
+        etas_clip=np.ones(len(g0)),
+        eta_residuals=np.where(np.arange(len(g0)) < 2, 0.0, 1.0),  # two settled
+    )
+    assert m.analyse(p, v)["adaptation_exponent"] is None
+    v["eta_residuals"] = np.zeros(len(g0))
+    assert m.analyse(p, v)["adaptation_exponent"] == pytest.approx(-1.0)
+
+
 # --- the script ------------------------------------------------------------------------------
 
 
 def test_quick_run(tmp_path_factory):
-    """Quick mode (run once, as a notebook): the protocol's metrics exist per seed and lie in
-    their ranges, and the 2021 readings hold (their thresholds are the 2021 paper's claims)."""
+    """Quick mode (run once, as a notebook): the headline metrics exist per seed, meta-training
+    beats its starting point, TaskSet's list beats a random setting, and the 2021 readings hold
+    (thresholds from the maths: β* and the linear update; see each comment)."""
     record = quick_run("03_hierarchical_rnn_opt", tmp_path_factory)["record"]
     met = {k: np.asarray(v["per_seed"]) for k, v in record["metrics"].items()}
     for name in (
@@ -474,23 +555,26 @@ def test_quick_run(tmp_path_factory):
         "taskset_trials_to_match_list10",
     ):
         assert len(met[name]) == 3, name
-    for name in ("win_rate_vs_tuned_adam", "heldout_family_win_rate", "adam_floor_share"):
-        assert np.all((0 <= met[name]) & (met[name] <= 1)), name
-    cfg = record["config"]
-    assert np.all(met["steps_to_match_ratio"] > 0)
-    assert np.all(met["chosen_meta_step"] <= cfg["meta_steps"])
-    # the chosen checkpoint is never worse on validation than the last one: it was chosen there
-    assert np.all(met["val_score_chosen"] <= met["val_score_last"] + 1e-12)
-    # the list's first setting is the best single setting on training, so on test it cannot be
-    # worse than the expected random one by much: we ask for >= 1 trial to match (a sanity
-    # bound), and list@10 needs at least as many trials as list@1 (the list only improves)
-    assert np.all(met["taskset_trials_to_match_list1"] >= 1)
-    assert np.all(met["taskset_trials_to_match_list10"] >= met["taskset_trials_to_match_list1"])
-    # the 2021 readings: a momentum mode with |λ1| in [0.8, 0.97] and an update at g = 10
-    # below 30% of linear (the issue's first-edition headlines, from the 2021 paper's Fig. 3)
+    # meta-training helps: the checkpoint chosen on validation beats the untrained optimizer on
+    # test (0 exactly if validation chose the untrained φ, negative if the choice misled)
+    assert np.all(met["improvement_over_init_nats"] > 0)
+    # TaskSet: the list's first setting, the best single one on training, beats one random
+    # setting on test (in expectation over the draw): the paper's "list beats random search"
+    assert np.all(met["taskset_list1_score"] < met["taskset_random1_score"])
+    # the 2021 readings. A momentum mode on the timescale of the optimal heavy ball for these
+    # quadratics' curvatures, 1/(1 - β*) ≈ 8.4 steps (β* computed here), within a factor 2
+    # (a stated tolerance, not a paper number)
+    beta_star = m.heavy_ball_optimum(1e-3, 1.0)[1]
+    timescale = 1 / (1 - met["re_lambda1"].mean())
+    assert 0.5 / (1 - beta_star) <= timescale <= 2 / (1 - beta_star)
+    # clipping: the update at g = 10 falls short of its tangent at 0 (a linear update, as in
+    # momentum without clipping, gives exactly 1)
+    assert np.all(met["re_clip_ratio"] < 1)
     assert np.all(met["re_converged"] >= 1)
-    assert 0.8 <= met["re_lambda1"].mean() <= 0.97
-    assert np.all(met["re_clip_ratio"] < 0.3)
+    exponents = record["re_adaptation_exponent_per_seed"]  # null where not measured
+    assert len(exponents) == 3
+    assert all(e is None or np.isfinite(e) for e in exponents)
+    assert ("re_adaptation_exponent" in met) == (None not in exponents)
     assert np.all(met["re_objective"] < met["re_gd_objective"])
 
 
