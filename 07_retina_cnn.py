@@ -858,8 +858,8 @@ def fit_and_test(cfg: Config, data: dict, runs: dict, key: jax.Array, t0: float)
 # > (a side check, same fits). Its stimulus part alone, η set to 0, scores 0.582 on white
 # > noise, above the LN: what costs ρ is running the fitted history filter on the GLM's own
 # > spikes. Fitted one step ahead on the recorded spikes, η comes out weaker than the truth's
-# > at lag 1 (−1.2 to −1.5 against −3) with spurious negative weights at lags 4–5, and the
-# > free-running simulation carries that error into the trial average.
+# > at lag 1 (seed 0, white noise: −1.2 to −1.5 against −3) with spurious negative weights at
+# > lags 4–5, and the free-running simulation carries that error into the trial average.
 
 
 # %%
