@@ -392,10 +392,15 @@ if utils.in_notebook():
 # instead of the 784 × 8 of full k×k patches, and the stacked input is k times smaller.
 #
 # > On a CPU, XLA's convolution is slow for these shapes, above all the first layer's weight
-# > gradient (notes §6). Measured at full size (batch 128, one process, 200 scanned steps):
-# > full k×k patches 19–21 ms per training step, the first edition's banded form 16 ms (it
-# > contracts to a channels-first layout, so XLA transposes around every product), this form
-# > 11 ms.
+# > gradient (notes §6). Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step
+# > with the training noise, 300 steps in one scan; whole processes interleaved, 3 to 5 rounds,
+# > ms per step): pinned to one core, this form 20–23, the first edition's banded form
+# > (channels first, one product of 1792 × 80 matrices) 16–17, `conv_general_dilated_patches`
+# > times a matrix 47, XLA's convolution 171, and PyTorch 2.13 (CPU, one thread, the same
+# > model and step) 9–10; on both cores, this form 18–20, the first edition's 13–14, PyTorch
+# > (two threads) 7.5. So this layout, chosen after an in-process timing (11 against 16 ms),
+# > is in fact about 1.4× *slower* than the first edition's here, and both are slower than
+# > PyTorch (about 2.2× and 1.7× on one core): the goal of matching PyTorch is not reached.
 
 
 # %%
