@@ -33,28 +33,28 @@
 # read with another gain), and an encoder–decoder whose attention we split into temporal and
 # input-driven parts.
 #
-# **Run:** `python 06_line_attractors.py` (about 1.5 min on 2 CPU cores with a warm compilation
-# cache), `--quick` (about 35 s cold), `--data FILE` for your own CSV/TSV of text and 0/1 label.
+# **Run:** `python 06_line_attractors.py` (about 2.5 min on 2 CPU cores with a cold compilation
+# cache), `--quick` (under a minute), `--data FILE` for your own CSV/TSV of text and 0/1 label.
 #
-# **Expect** (full run, seeds 0–2, mean ± std; the 2019 paper is qualitative, the targets are
-# the issue's, the modifier rule's and the follow-up papers'):
+# **Expect** (full run, seeds 0–2, mean ± std, 143 s cold on 2 CPU cores; the 2019 paper is
+# qualitative, the targets are the issue's, the modifier rule's and the follow-up papers'):
 #
 # | | ours | target |
 # |---|---|---|
 # | GRU test accuracy | 0.978 ± 0.002 | > 0.95 |
-# | fixed points' PC1 variance share | 0.955 ± 0.009 | > 0.85 (a line) |
-# | abs λ₁, abs λ₂ at the central fixed point | 1.028 ± 0.008, 0.744 ± 0.022 | ≈ 1, < 0.85 |
+# | fixed points' PC1 variance share | 0.948 ± 0.003 | > 0.85 (a line) |
+# | abs λ₁, abs λ₂ at the central fixed point | 1.03 ± 0.008, 0.746 ± 0.023 | ≈ 1, < 0.85 |
 # | corr(l₁ᵀJₓe_w, true valence) | 0.997 ± 0.000 | > 0.95 |
-# | 3 classes: PC1+PC2, slow modes | 0.970 ± 0.017, 2 | > 0.9, 2 (a plane) |
+# | 3 classes: PC1+PC2, slow modes | 0.968 ± 0.020, 2 | > 0.9, 2 (a plane) |
 # | r_not: word 1–4 tokens after "not" / alone | −1.07 ± 0.01 | rule −1 |
 # | r_not at lag 5, r_very | 0.96 ± 0.02, 1.96 ± 0.01 | rule +1, +2 |
-# | wᵀJₓe_good on the line / after "not" | 0.90 ± 0.05 / −1.00 ± 0.05 | paper ≈ +1 / ≈ −1 |
+# | wᵀJₓe_good on the line / after "not" | 0.91 ± 0.05 / −1.00 ± 0.05 | paper ≈ +1 / ≈ −1 |
 # | attention: temporal–temporal share, one-to-one | 0.56 ± 0.05 (the largest term) | dominant |
 # | … reversed | 0.48 ± 0.03: barely below one-to-one | set by the length |
 # | … sorted | 0.05 ± 0.06: the one clear change | lower where words set the order |
 #
-# `--quick` (fewer documents and steps) gives the same picture with smaller margins
-# (r_not −0.69, r_very 1.81, one-to-one share 0.52, sorted 0.09); quote the full run's.
+# `--quick` (fewer documents and steps) gives the same picture with smaller margins; quote the
+# full run's.
 
 
 # %%
