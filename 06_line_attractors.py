@@ -152,14 +152,14 @@ class Config:
 
 
 QUICK = dict(
-    steps=450,
-    steps_3class=600,
+    steps=360,
+    steps_3class=480,
     n_train=5_000,
     n_test=1_000,
-    fp_seeds=512,
+    fp_seeds=256,
     cells=("gru",),
     mod_docs=3_000,
-    mod_steps=500,
+    mod_steps=400,
     att_steps=300,
     att_eval=256,
 )
