@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import load, quick_run
+from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
 m = load("01_diffusion")
@@ -251,7 +252,8 @@ def test_best_gaussian_kernel_bound_equals_closed_form_for_gaussian_data():
     want = exact_K(betas, *optimal_kernels(betas, mu, var), mu, var)
     grid = jnp.linspace(mu - 8 * np.sqrt(var), mu + 8 * np.sqrt(var), 4096)[:, None]
     log_prior = -((grid[:, 0] - mu) ** 2) / (2 * var)
-    x0 = mu + np.sqrt(var) * jax.random.normal(jax.random.key(40), (2000, 1))
+    # 256 points: each gives the same K (below), so their number only sets the cost
+    x0 = mu + np.sqrt(var) * jax.random.normal(jax.random.key(40), (256, 1))
     b32 = jnp.asarray(betas, jnp.float32)
     K_diag, K_full = jax.jit(m.kernel_bounds)(jax.random.key(41), x0, b32, grid, log_prior)
     # the posterior of Gaussian data has a constant covariance, so every point gives the same
@@ -375,16 +377,22 @@ def test_check_grads_of_both_losses():
             ]
             return jax.tree_util.tree_unflatten(treedef, moved)
 
-        roll = perturbed(m.init_rbf(jax.random.key(14), cfg), jax.random.key(15))
+        # every parameter in one flat vector: check_grads's own eager arithmetic then runs on
+        # one array instead of one per leaf (each new leaf shape is a new small compile)
+        roll, unravel_roll = ravel_pytree(
+            perturbed(m.init_rbf(jax.random.key(14), cfg), jax.random.key(15))
+        )
 
-        def roll_loss(p):
-            return m.roll_loss(cfg)(p, jax.random.key(16), True)
+        def roll_loss(flat):
+            return m.roll_loss(cfg)(unravel_roll(flat), jax.random.key(16), True)
 
         check_grads(jax.jit(roll_loss), (roll,), order=1, modes=["rev"])
-        beat = perturbed(m.init_mlp(jax.random.key(17), cfg), jax.random.key(18))
+        beat, unravel_beat = ravel_pytree(
+            perturbed(m.init_mlp(jax.random.key(17), cfg), jax.random.key(18))
+        )
 
-        def beat_loss(p):
-            return m.beat_loss(cfg)(p, jax.random.key(19))
+        def beat_loss(flat):
+            return m.beat_loss(cfg)(unravel_beat(flat), jax.random.key(19))
 
         check_grads(jax.jit(beat_loss), (beat,), order=1, modes=["rev"])
 
