@@ -139,9 +139,9 @@ class Config:
 QUICK = dict(
     meta_steps=200,
     checkpoint_every=40,
-    per_family=3,
+    per_family=3,  # the fewest with each 2-D function in every split
     long_factor=2,
-    taskset_configs=32,
+    taskset_configs=16,
     re_hidden=16,
     re_T=51,
     re_batch=16,
