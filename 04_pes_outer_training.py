@@ -1147,18 +1147,18 @@ def robustness(cfg: Config, keys: jax.Array, val_keys, test_keys) -> dict:
     )
     compile_s = outer["compile_s"]
 
-    def baselines(lrs):  # final w (2, lrs, tasks, d) and meta-losses (2, lrs, tasks, T)
+    def baselines(lrs):  # final w (2, lrs, tasks, d): Adam, then GD
         def runs(make_opt):
             def one(lr, key):
-                return baseline_trajectory(make_opt(lr), family, key, T)
+                return baseline_trajectory(make_opt(lr), family, key, T)[0]
 
             return jax.vmap(lambda lr: jax.vmap(lambda k: one(lr, k))(eval_keys))(lrs)
 
         adam_runs = runs(utils.adam)
         gd_runs = runs(sgd)
-        return jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), adam_runs, gd_runs)
+        return jnp.stack([adam_runs, gd_runs])
 
-    (w_base, _), seconds = timed_call(baselines, jnp.asarray(cfg.rob_lrs))
+    w_base, seconds = timed_call(baselines, jnp.asarray(cfg.rob_lrs))
     compile_s += seconds
     val_tasks = jax.vmap(lambda k: family.init(k)[1])(val_keys)
     test_tasks = jax.vmap(lambda k: family.init(k)[1])(test_keys)
@@ -1168,14 +1168,16 @@ def robustness(cfg: Config, keys: jax.Array, val_keys, test_keys) -> dict:
     solutions = {"lopt": outer["test_p"]}  # (S, tasks, d)
     edges = []
     chosen_lrs = {}
-    per_task = jax.vmap(expected_noisy_loss, (0, 0, 0, None))
+
+    @jax.jit
+    def mean_noisy(w, X, y, noise):  # w (runs, tasks, d) -> (runs,) mean exact noisy loss
+        per_task = jax.vmap(expected_noisy_loss, (0, 0, 0, None))
+        return jax.vmap(per_task, (0, None, None, None))(w, X, y, noise).mean(1)
+
     for i, name in enumerate(("adam", "gd")):
         # each baseline's learning rate is chosen for the score we report: the exact noisy loss
         # of its final w at σ, on the validation tasks
-        val_w = w_base[i, :, :num_val]  # (lrs, val tasks, d)
-        score = jax.vmap(per_task, (0, None, None, None))(
-            val_w, val_tasks["X"], val_tasks["y"], sigma
-        ).mean(1)
+        score = mean_noisy(w_base[i, :, :num_val], val_tasks["X"], val_tasks["y"], sigma)
         index, edge = tuned_index(np.asarray(score), cfg.rob_lrs, f"{name} lr")
         edges += edge
         chosen_lrs[name] = cfg.rob_lrs[index]
@@ -1184,9 +1186,8 @@ def robustness(cfg: Config, keys: jax.Array, val_keys, test_keys) -> dict:
     def distance(w):  # (seeds,) mean over test tasks of |w - w_ridge| / |w_ridge|
         return np.mean(np.linalg.norm(w - w_ridge, axis=-1) / np.linalg.norm(w_ridge, axis=-1), 1)
 
-    @jax.jit
     def noisy(w, noise):  # (seeds,) mean over test tasks of the exact noisy loss at this noise
-        return jax.vmap(per_task, (0, None, None, None))(w, X, y, noise).mean(1)
+        return mean_noisy(w, X, y, noise)
 
     @jax.jit
     def ridge_oracle(noise):  # mean noisy test loss of the ridge solution for this very noise
