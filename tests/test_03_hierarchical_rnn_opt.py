@@ -282,6 +282,44 @@ def splits():
     return m.make_splits(TINY, [0, 1, 2]), m.make_splits(TINY, [0, 1, 2])
 
 
+def horizon_cdf(x, cfg):
+    """P(H <= x) of sample_horizon's law, from the code's definition (independently of the
+    script's constants): N = 1 + round(Exp(40)), P(N = n) = P(n - 3/2 < Exp(40) < n - 1/2);
+    given N = n, H_code = 50 n + 200 Gamma(n); H = c H_code with c = unrolls T / E[H_code]."""
+    from scipy.special import gammainc
+
+    n = np.arange(1, 3001)[:, None]  # P(N > 3000) = exp(-2999.5 / 40) ≈ 3e-33
+    upper = np.exp(-np.maximum(n - 1.5, 0) / 40)  # P(Exp(40) > n - 3/2), 1 for n = 1
+    p_n = upper - np.exp(-(n - 0.5) / 40)
+    mean_n = 1 + np.sum(np.exp(-(np.arange(1, 10**4) - 0.5) / 40))  # 1 + Σ_k P(round(X) >= k)
+    c = cfg.unrolls * cfg.T / (mean_n * 250)
+    z = np.maximum(np.asarray(x, np.float64)[None] / c - 50 * n, 0) / 200
+    return np.sum(p_n * gammainc(n, z), 0)
+
+
+def test_heavy_tailed_horizons_follow_the_code_law():
+    """The horizon sampler against its closed-form CDF (Dvoretzky-Kiefer-Wolfowitz: with 20,000
+    draws, sup |F_n - F| > 0.02 has probability <= 2 exp(-2 n 0.02^2) = 2e-7), its mean against
+    unrolls·T (5 standard errors), and the unrolls per problem that meta-training draws (at least
+    one; their mean against 1 + Σ_{k>=2} P(H > (k - 1/2) T), 5 standard errors)."""
+    cfg = replace(TINY, heavy_tailed=True)
+    draws = 20_000
+    keys = jax.random.split(jax.random.key(40), draws)
+    h = np.asarray(jax.jit(jax.vmap(lambda k: m.sample_horizon(k, cfg)))(keys), np.float64)
+    x = np.array([5.0, 20, 50, 100, 200, 400, 800, 1600])
+    empirical = (h[:, None] <= x[None]).mean(0)
+    assert np.max(np.abs(empirical - horizon_cdf(x, cfg))) < 0.02
+    mean = cfg.unrolls * cfg.T
+    assert abs(h.mean() - mean) < 5 * h.std() / np.sqrt(draws)
+    meta = m.init_meta_params(jax.random.key(41), cfg)
+    new = jax.jit(jax.vmap(m.new_problem, (0, None, None)), static_argnums=2)
+    left = np.asarray(new(keys[:4000], meta, cfg)["left"])
+    assert left.min() >= 1 and left.dtype == np.int32
+    k = np.arange(2, 2000)
+    expected = 1 + np.sum(1 - horizon_cdf((k - 0.5) * cfg.T, cfg))
+    assert abs(left.mean() - expected) < 5 * left.std() / np.sqrt(len(left))
+
+
 def test_every_split_holds_every_family_and_2d_function(splits):
     for name in ("train", "val", "test"):
         for seed in range(3):
@@ -601,6 +639,37 @@ def test_quick_run(tmp_path_factory):
     assert all(e is None or np.isfinite(e) for e in exponents)
     assert ("re_adaptation_exponent" in met) == (None not in exponents)
     assert np.all(met["re_objective"] < met["re_gd_objective"])
+
+
+def test_ablation_runs_and_reports_every_variant():
+    """The ablation at a tiny size (one variant, the non-default horizons, two seeds, 4
+    meta-steps of 2-step unrolls; each variant costs a compile of meta-training): its entry
+    holds the overrides and every metric per seed, finite and in range."""
+    cfg = replace(
+        TINY, T=2, batch=2, checkpoint_every=1, ablation_meta_steps=4, horizon=4, long_factor=2
+    )
+    cfg = replace(cfg, adam_lrs=(0.01, 0.1, 1.0), chunks=1)
+    seeds = [0, 1]
+    splits = m.make_splits(cfg, seeds)
+    adam = m.adam_baselines(cfg, splits)
+    lists = dict(list_best_test=adam["tuned"]["final"][..., : cfg.horizon])
+    variants = {"heavy-tailed horizons": dict(heavy_tailed=True)}
+    out = m.ablation(cfg, seeds, splits, adam, lists, 0.0, variants)["variants"]
+    assert list(out) == list(variants)
+    for name, row in out.items():
+        assert row["overrides"] == variants[name] and row["meta_steps"] == 4
+        for metric in (
+            "win_rate_vs_tuned_adam",
+            "score_learned",
+            "win_rate_last_iterate",
+            "val_score_swing",
+        ):
+            per_seed = np.asarray(row[metric]["per_seed"])
+            assert per_seed.shape == (2,) and np.all(np.isfinite(per_seed)), (name, metric)
+        for metric in ("win_rate_vs_tuned_adam", "win_rate_last_iterate"):
+            rate = np.asarray(row[metric]["per_seed"])
+            assert np.all((rate >= 0) & (rate <= 1)), (name, metric)
+        assert np.all(np.asarray(row["val_score_swing"]["per_seed"]) >= 0)
 
 
 @pytest.mark.parametrize(
