@@ -150,6 +150,7 @@ QUICK = dict(
     re_batch=16,
     re_steps=300,
     re_lr=3e-3,  # stable at T = 51
+    ablation_meta_steps=200,
 )
 PAPER_SCALE = dict(batch=128, meta_steps=20_000, checkpoint_every=1000, meta_clip_norm=1.0)
 
@@ -767,7 +768,8 @@ def meta_training(cfg: Config, seeds: list, splits: dict, t0: float) -> dict:
     start = time.perf_counter()
     init, train_blocks = make_meta_train(cfg)
     keys = jnp.stack([jax.random.fold_in(jax.random.key(s), TRAIN_STREAM) for s in seeds])
-    ts = jax.jit(jax.vmap(init))(keys)
+    init_compiled, compile_s = utils.compile_timed(jax.vmap(init), keys)
+    ts = init_compiled(keys)
     meta0 = ts.meta
 
     def run_blocks(ts, num_blocks):
@@ -776,7 +778,7 @@ def meta_training(cfg: Config, seeds: list, splits: dict, t0: float) -> dict:
     def report(out):
         return {"meta_loss": float(np.mean(out[1]))}
 
-    ts, (checkpoints, losses), compile_s = utils.run_chunked(
+    ts, (checkpoints, losses), seconds = utils.run_chunked(
         run_blocks,
         ts,
         (),
@@ -788,6 +790,7 @@ def meta_training(cfg: Config, seeds: list, splits: dict, t0: float) -> dict:
         hint="a smaller --meta-lr or --meta-clip-norm 1",
         step_axis=1,
     )
+    compile_s += seconds
     candidates = jax.tree_util.tree_map(
         lambda a, b: jnp.concatenate([a[:, None], jnp.asarray(b)], 1), meta0, checkpoints
     )  # (S, 1 + blocks, ...): the untrained φ, then every checkpoint

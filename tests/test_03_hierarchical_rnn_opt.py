@@ -641,23 +641,26 @@ def test_quick_run(tmp_path_factory):
     assert np.all(met["re_objective"] < met["re_gd_objective"])
 
 
-def test_ablation_runs_and_reports_every_variant():
-    """The ablation at a tiny size (one variant, the non-default horizons, two seeds, 4
-    meta-steps of 2-step unrolls; each variant costs a compile of meta-training): its entry
-    holds the overrides and every metric per seed, finite and in range."""
-    cfg = replace(
-        TINY, T=2, batch=2, checkpoint_every=1, ablation_meta_steps=4, horizon=4, long_factor=2
-    )
-    cfg = replace(cfg, adam_lrs=(0.01, 0.1, 1.0), chunks=1)
-    seeds = [0, 1]
+def test_ablation_runs_and_reports_every_variant(tmp_path_factory):
+    """The ablation at the quick run's Config (one variant): meta-training, Adam and the test
+    scoring then compile to the quick run's programs (the meta lr schedule has meta_steps in
+    it, so the ablation's steps equal the quick run's) and come from the persistent cache,
+    which is why this test follows test_quick_run. Its entry holds the overrides and every
+    metric per seed, finite and in range, and its baseline, the quick run's meta-training
+    repeated, reproduces the quick run's numbers (same keys, same programs). The non-default
+    horizons inside meta-training are checked by test_heavy_tailed_horizons_follow_the_code_law.
+    """
+    cfg = m.Config(**m.QUICK)
+    assert cfg.ablation_meta_steps == cfg.meta_steps
+    seeds = [0, 1, 2]
     splits = m.make_splits(cfg, seeds)
     adam = m.adam_baselines(cfg, splits)
     lists = dict(list_best_test=adam["tuned"]["final"][..., : cfg.horizon])
-    variants = {"heavy-tailed horizons": dict(heavy_tailed=True)}
+    variants = {"baseline": {}}
     out = m.ablation(cfg, seeds, splits, adam, lists, 0.0, variants)["variants"]
     assert list(out) == list(variants)
     for name, row in out.items():
-        assert row["overrides"] == variants[name] and row["meta_steps"] == 4
+        assert row["overrides"] == variants[name] and row["meta_steps"] == cfg.meta_steps
         for metric in (
             "win_rate_vs_tuned_adam",
             "score_learned",
@@ -665,11 +668,16 @@ def test_ablation_runs_and_reports_every_variant():
             "val_score_swing",
         ):
             per_seed = np.asarray(row[metric]["per_seed"])
-            assert per_seed.shape == (2,) and np.all(np.isfinite(per_seed)), (name, metric)
+            assert per_seed.shape == (3,) and np.all(np.isfinite(per_seed)), (name, metric)
         for metric in ("win_rate_vs_tuned_adam", "win_rate_last_iterate"):
             rate = np.asarray(row[metric]["per_seed"])
             assert np.all((rate >= 0) & (rate <= 1)), (name, metric)
         assert np.all(np.asarray(row["val_score_swing"]["per_seed"]) >= 0)
+    record = quick_run("03_hierarchical_rnn_opt", tmp_path_factory)["record"]
+    for metric in ("win_rate_vs_tuned_adam", "score_learned", "win_rate_last_iterate"):
+        np.testing.assert_allclose(
+            out["baseline"][metric]["per_seed"], record["metrics"][metric]["per_seed"], rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize(
