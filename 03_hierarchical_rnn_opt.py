@@ -41,7 +41,7 @@
 # TaskSet's list against random search; the 2021 mechanisms.
 #
 # **Run:** `python 03_hierarchical_rnn_opt.py` (about 5.5 min on 2 CPU cores, cold) or `--quick`
-# (under a minute); `--scale paper` sizes meta-training for a GPU; `--ablation` adds an ablation
+# (about 100 s cold, 60 s of it compiling); `--scale paper` sizes meta-training for a GPU; `--ablation` adds an ablation
 # of meta-training (about 8 more minutes).
 #
 # **Expect** (full run, 3 seeds, mean ± std, all on test instances; 332 s cold on 2 CPU cores).
@@ -1972,7 +1972,7 @@ def parse_config(argv: Union[list, None]) -> tuple:
     parser.add_argument(
         "--ablation",
         action="store_true",
-        help="also run the meta-training ablation (5 variants, about 10 more minutes)",
+        help="also run the meta-training ablation (5 variants, about 8 more minutes)",
     )
     parser.add_argument(
         "--scale",

@@ -121,11 +121,12 @@ class Config:
     # the baselines
     ln_lr: float = 3e-4  # Adam step of the LN and the GLM (paper code: 1e-2 LN, 1e-3 GLM)
     ln_batch: int = 1024  # small batches ruin the 4096-weight filters (notes §5)
-    ln_steps: int = 800  # LN and GLM Adam steps (validation loss stops falling by ~500)
+    ln_steps: int = 600  # LN and GLM Adam steps (early stopping keeps ≤ 575 at full size)
+    ln_eval_every: int = 25  # their validation interval: a 1-min fit is best by 25-75 steps
     glm_lags: int = 5  # GLM spike-history filter length in bins (paper code: 40 of 10 ms)
     glm_trials: int = 50  # Monte Carlo trials of the GLM's autoregressive simulation
     # training and analysis
-    eval_every: int = 100  # validation loss checked every ... steps; the best parameters kept
+    eval_every: int = 100  # CNN validation loss checked every ... steps; the best params kept
     curve_minutes: tuple = (1.0, 2.5)  # smaller natural-scene training sets (Fig. 3A)
     chunks: int = 5  # progress lines per training
     flashes: tuple = (-2.0, -1.0, 1.0, 2.0)  # full-field flash intensities, 2 frames long
@@ -384,25 +385,30 @@ if utils.in_notebook():
 #
 # valid convolutions (16 → 10 → 6 px), noise ξ in training only, $\hat r$ the expected count per
 # bin. `apply_conv` is the reference, with `lax.conv_general_dilated`. `apply_cnn`, used for
-# training, writes each convolution as one matrix product, channels last (NHWC) throughout:
+# training, writes each convolution as one matrix product, channels last (NHWC) throughout.
+# Stack the k row shifts of the input, $R_{y,d_y,x,i} = a_{y+d_y,x,i}$, and the kernel becomes
+# a banded matrix B over (d_y, x, i) × (x', o), nonzero where $0 \le x - x' < k$:
 #
-# $$(W * a)_{y,x,o} = \sum_{d_y} \underbrace{\sum_{d_x, i} a_{y+d_y,\,x+d_x,\,i}\,
-#   W_{d_y,d_x,i,o}}_{Z_{y+d_y,\,x,\,(d_y, o)}},$$
+# $$(W * a)_{y,x',o} = \sum_{d_y, x, i} R_{y,d_y,x,i}\, B_{(d_y,x,i),(x',o)},\qquad
+#   B_{(d_y,x,i),(x',o)} = W_{d_y,\,x-x',\,i,\,o}\ [0 \le x - x' < k].$$
 #
-# the k shifts along x stacked on the channel axis, times the kernel as a (k·C_in) × (k·C_out)
-# matrix, then k shifted row slices of Z added. The product has 112 × 56 matrices at full size
-# instead of the 784 × 8 of full k×k patches, and the stacked input is k times smaller.
+# Every contracted axis (d_y, x, i) is contiguous in R, and the output comes out as (y, x', o):
+# no transposes around the product. The band wastes the zeros: a row of B sees all X input
+# columns where k would do. Cutting the output columns into `tiles` strips, each with its own
+# X'/tiles + k − 1 input columns, leaves less of them: at full size the first layer's product
+# is (2·B·10) × 1232 times 1232 × 40 with two strips, against (B·10) × 1792 times 1792 × 80 with
+# one (7 of 11 entries used instead of 7 of 16).
 #
-# > On a CPU, XLA's convolution is slow for these shapes, above all the first layer's weight
-# > gradient (notes §6). Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step
-# > with the training noise, 300 steps in one scan; whole processes interleaved, 3 to 5 rounds,
-# > ms per step): pinned to one core, this form 20–23, the first edition's banded form
-# > (channels first, one product of 1792 × 80 matrices) 16–17, `conv_general_dilated_patches`
-# > times a matrix 47, XLA's convolution 171, and PyTorch 2.13 (CPU, one thread, the same
-# > model and step) 9–10; on both cores, this form 18–20, the first edition's 13–14, PyTorch
-# > (two threads) 7.5. So this layout, chosen after an in-process timing (11 against 16 ms),
-# > is in fact about 1.4× *slower* than the first edition's here, and both are slower than
-# > PyTorch (about 2.2× and 1.7× on one core): the goal of matching PyTorch is not reached.
+# > Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step with the training
+# > noise, 300 steps in one scan, pinned to one core; whole processes interleaved, ms per step):
+# > this form 12.7–14.2; without strips 16; the first edition's banded form (channels first,
+# > one strip) 16.5; the previous layout (k column shifts on the channel axis, then k row
+# > slices added) 20.6–21.2; patches times a 784 × 8 matrix 22.7; PyTorch 2.13 (CPU, one
+# > thread, the same model and step) 8.6–9.2. Of our 13 ms, 6 are the training noise: the step
+# > without it takes 7.3–7.5 ms, faster than PyTorch's *with* it. JAX's default threefry bits
+# > and the inverse-erf transform to a normal cost about half each; drawing the bits with
+# > XLA's RngBitGenerator (`impl="rbg"`) instead brings the step to 11.7 ms. Ratios against
+# > PyTorch from interleaved runs are in the results below the training code.
 
 
 # %%
@@ -431,6 +437,12 @@ def init_cnn(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
     )
 
 
+def fast_key(key: jax.Array) -> jax.Array:
+    """A key for XLA's RngBitGenerator seeded from `key`: on a CPU it draws random bits about
+    twice as fast as JAX's default threefry (for the training noise, see above)."""
+    return jax.random.key(jax.random.bits(key, dtype=jnp.uint32), impl="rbg")
+
+
 def noisy_relu(h: jax.Array, key: Union[jax.Array, None], noise: float) -> jax.Array:
     """[h + σξ]_+ in training (a key given), [h]_+ otherwise."""
     if key is not None:
@@ -438,25 +450,33 @@ def noisy_relu(h: jax.Array, key: Union[jax.Array, None], noise: float) -> jax.A
     return jax.nn.relu(h)
 
 
-def conv_matmul(a: jax.Array, w: jax.Array) -> jax.Array:
-    """Valid convolution (B, Y, X, C_in) * (k, k, C_in, C_out) -> (B, Y-k+1, X-k+1, C_out)
-    as one matrix product: the k shifts along x side by side (B, Y, X', k·C_in), times the
-    kernel as a (k·C_in, k·C_out) matrix that keeps the k rows dy apart; then the rows are
-    added, each shifted by its dy (a cheap sum of slices)."""
+def conv_matmul(a: jax.Array, w: jax.Array, tiles: int = 1) -> jax.Array:
+    """Valid convolution (B, Y, X, C_in) * (k, k, C_in, C_out) -> (B, Y-k+1, X-k+1, C_out) as
+    one matrix product: the k row shifts side by side, times the kernel as a banded matrix, the
+    output columns cut into `tiles` strips (zero columns pad the last strip)."""
     k, _, c_in, c_out = w.shape
     B, Y, X, _ = a.shape
     Yo = Y - k + 1
     Xo = X - k + 1
-    shifted = jnp.concatenate([lax.slice_in_dim(a, dx, dx + Xo, axis=2) for dx in range(k)], -1)
-    matrix = jnp.transpose(w, (1, 2, 0, 3)).reshape(k * c_in, k * c_out)  # (dx, i) × (dy, o)
-    rows = (shifted @ matrix).reshape(B, Y, Xo, k, c_out)
-    return sum(lax.slice_in_dim(rows[:, :, :, dy], dy, dy + Yo, axis=1) for dy in range(k))
+    tile = -(-Xo // tiles)  # output columns per strip
+    width = tile + k - 1  # input columns a strip reads
+    a = jnp.pad(a, ((0, 0), (0, 0), (0, tiles * tile - Xo), (0, 0)))
+    shifts = [lax.slice_in_dim(a, dy, dy + Yo, axis=1) for dy in range(k)]
+    rows = jnp.stack(shifts, axis=2)  # (B, Y', k, X, C_in)
+    starts = range(0, tiles * tile, tile)
+    strips = jnp.stack([lax.slice_in_dim(rows, s, s + width, axis=3) for s in starts], axis=2)
+    # strips: (B, Y', tiles, k, width, C_in); the band: (k, width, C_in, tile, C_out)
+    on_band = np.arange(width)[:, None, None] == np.arange(tile)[None, :, None] + np.arange(k)
+    band = jnp.einsum("yxio,XZx->yXiZo", w, jnp.asarray(on_band, w.dtype))
+    K = k * width * c_in
+    out = strips.reshape(-1, K) @ band.reshape(K, tile * c_out)
+    return out.reshape(B, Yo, tiles * tile, c_out)[:, :, :Xo]
 
 
 def layer1(params: dict, x: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
     """Windows x (B, H, N, N) -> first-layer activations (B, M1, M1, c1)."""
     a = jnp.moveaxis(x, 1, -1)  # frames become the input channels, last: (B, N, N, H)
-    return noisy_relu(conv_matmul(a, params["w1"]) + params["b1"], key, noise)
+    return noisy_relu(conv_matmul(a, params["w1"], tiles=2) + params["b1"], key, noise)
 
 
 def cnn_head(params: dict, a: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
@@ -602,7 +622,8 @@ def spike_triggered_average(stimulus: jax.Array, spikes: jax.Array, history: int
 # ## Prediction, the metric, and training
 # Per-cell Pearson ρ over time, averaged over cells, against the true rate (possible only in
 # simulation) and against the noisy PSTH of K repeats, whose ceiling is $\rho(r, \mathrm{PSTH})$.
-# Training: Adam on random windows, one `lax.scan` per block of `eval_every` steps, then the
+# Training: Adam on random windows, one `lax.scan` per block of `eval_every` steps (25 for the
+# LN and GLM, whose 1-min fits are best after 25 to 75 steps; 100 for the CNN), then the
 # validation loss decides whether to keep the parameters (early stopping inside the scan); the
 # blocks run in a few chunks, vmapped over runs (seed × class × data size). A run trains on the
 # first `n_used` frames of its movie, so one compile serves every data size.
@@ -675,16 +696,19 @@ class Model(NamedTuple):
     batch: int
     l2: float
     steps: int
+    eval_every: int  # steps between validation checks
     lags: int  # spike-history lags the model reads (1 and unused for LN and CNN)
 
 
 def model_spec(cfg: Config, name: str) -> Model:
     """The LN, the GLM or the CNN with its training settings."""
     if name == "cnn":
-        return Model(init_cnn, apply_cnn, cfg.lr, cfg.batch, cfg.l2, cfg.steps, 1)
+        return Model(init_cnn, apply_cnn, cfg.lr, cfg.batch, cfg.l2, cfg.steps, cfg.eval_every, 1)
+    every = cfg.ln_eval_every
     if name == "ln":
-        return Model(init_ln, apply_ln, cfg.ln_lr, cfg.ln_batch, 0.0, cfg.ln_steps, 1)
-    return Model(init_glm, apply_glm, cfg.ln_lr, cfg.ln_batch, 0.0, cfg.ln_steps, cfg.glm_lags)
+        return Model(init_ln, apply_ln, cfg.ln_lr, cfg.ln_batch, 0.0, cfg.ln_steps, every, 1)
+    lags = cfg.glm_lags
+    return Model(init_glm, apply_glm, cfg.ln_lr, cfg.ln_batch, 0.0, cfg.ln_steps, every, lags)
 
 
 class TrainState(NamedTuple):
@@ -694,6 +718,8 @@ class TrainState(NamedTuple):
     opt: dict
     best: dict  # the parameters with the lowest validation loss so far
     best_val: jax.Array
+    best_step: jax.Array  # the Adam step at which `best` was kept
+    step: jax.Array  # Adam steps taken
     key: jax.Array
 
 
@@ -701,7 +727,7 @@ def make_train(cfg: Config, model: Model) -> tuple:
     """(init(key, data, run), blocks(state, data, run, num_blocks)) for one model.
 
     data: make_data's arrays with axes (seed, class, ...), not vmapped; run: dict(seed, cls,
-    n_used) of scalars, vmapped. A block is cfg.eval_every Adam steps, then validation."""
+    n_used) of scalars, vmapped. A block is model.eval_every Adam steps, then validation."""
     opt_init, opt_update = utils.adam(model.lr)
     H = cfg.history
     first = H - 1  # the first bin with a full window
@@ -715,7 +741,7 @@ def make_train(cfg: Config, model: Model) -> tuple:
         used = jnp.arange(spikes.shape[0])[:, None] < run["n_used"]
         ybar = jnp.sum(jnp.where(used, spikes, 0.0), 0) / run["n_used"]
         params = model.init(key, cfg, jnp.maximum(ybar, 1e-3))
-        return TrainState(params, opt_init(params), params, jnp.inf, key)
+        return TrainState(params, opt_init(params), params, jnp.inf, 0, 0, key)
 
     def step(state, data, run):
         key, k_t, k_noise = jax.random.split(state.key, 3)
@@ -726,9 +752,10 @@ def make_train(cfg: Config, model: Model) -> tuple:
         x = jax.vmap(windows, (None, 0, None))(data["stim_train"].reshape(-1, N, N), t, H)
         flat_spikes = data["spikes_train"].reshape(-1, cfg.n_cells)
         past = jax.vmap(past_spikes, (None, 0, None))(flat_spikes, t, model.lags)
+        k_noise = fast_key(k_noise)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, x, past, flat_spikes[t], k_noise)
         params, opt = opt_update(grads, state.opt, state.params)
-        return state._replace(params=params, opt=opt, key=key), loss
+        return state._replace(params=params, opt=opt, step=state.step + 1, key=key), loss
 
     def validate(state, data, run):
         stim = data["stim_val"][run["seed"], run["cls"]]
@@ -741,14 +768,16 @@ def make_train(cfg: Config, model: Model) -> tuple:
             return jnp.where(better, new, old)
 
         best = jax.tree_util.tree_map(keep, state.params, state.best)
-        return state._replace(best=best, best_val=jnp.minimum(val, state.best_val)), val
+        best_step = jnp.where(better, state.step, state.best_step)
+        best_val = jnp.minimum(val, state.best_val)
+        return state._replace(best=best, best_val=best_val, best_step=best_step), val
 
     def blocks(state, data, run, num_blocks):
         def block(state, _):
             def one_step(s, _):
                 return step(s, data, run)
 
-            state, losses = lax.scan(one_step, state, None, length=cfg.eval_every)
+            state, losses = lax.scan(one_step, state, None, length=model.eval_every)
             state, val = validate(state, data, run)
             return state, dict(train_nll=losses.mean(), val_nll=val)
 
@@ -764,7 +793,7 @@ def report_training(out: dict) -> dict:
 
 def train(cfg: Config, name: str, data: dict, runs: dict, key: jax.Array, t0: float) -> tuple:
     """Train model `name` once per run (vmapped): (best parameters, leading axis runs;
-    compile seconds)."""
+    compile seconds). Prints the steps at which early stopping kept them."""
     model = model_spec(cfg, name)
     init, blocks = make_train(cfg, model)
     keys = jax.random.split(key, runs["seed"].shape[0])
@@ -774,13 +803,18 @@ def train(cfg: Config, name: str, data: dict, runs: dict, key: jax.Array, t0: fl
         run_all,
         state,
         (data, runs),
-        steps=model.steps // cfg.eval_every,
+        steps=model.steps // model.eval_every,
         chunks=cfg.chunks,
-        label=f"{name} ({runs['seed'].shape[0]} runs, blocks of {cfg.eval_every} steps)",
+        label=f"{name} ({runs['seed'].shape[0]} runs, blocks of {model.eval_every} steps)",
         t0=t0,
         report=report_training,
         hint="a smaller learning rate",
         step_axis=1,
+    )
+    kept = np.asarray(state.best_step)
+    print(
+        f"{name}: early stopping kept step {np.median(kept):.0f} (median over runs; "
+        f"{kept.min()} to {kept.max()}) of {model.steps}"
     )
     return state.best, compile_s
 

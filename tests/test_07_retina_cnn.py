@@ -90,18 +90,30 @@ def test_cnn_gradient_finite_differences():
         check_grads(loss, (p,), order=1, modes=["rev"], eps=1e-6)
 
 
+def test_conv_matmul_equals_convolution_for_any_strips():
+    """conv_matmul against XLA's convolution on a non-square input (Y ≠ X, a swapped spatial axis
+    would not fit) with C_in ≠ C_out, for 1 strip, strips that divide the output width (9 = 3·3)
+    and strips that do not (9 into 2 or 4: the last strip is padded with zero columns)."""
+    a = jax.random.normal(jax.random.key(40), (2, 10, 12, 3))
+    w = jax.random.normal(jax.random.key(41), (4, 4, 3, 5))
+    ref = jax.lax.conv_general_dilated(a, w, (1, 1), "VALID", dimension_numbers=rc.DIMS)
+    assert ref.shape == (2, 7, 9, 5)
+    for tiles in (1, 2, 3, 4):
+        np.testing.assert_allclose(rc.conv_matmul(a, w, tiles), ref, rtol=1e-5, atol=1e-4)
+
+
 def test_matmul_form_equals_convolution():
-    """One shape that exercises every index of conv_matmul: frames ≠ c1 ≠ c2 ≠ cells (a swapped
-    channel axis would not fit) and k1 ≠ k2, even and odd (a swapped dy/dx or kernel size would
-    misplace rows). The notebook's demo cell checks the full-size model too."""
-    cfg = replace(TINY, n_pix=11, history=5, n_cells=3, c1=4, k1=4, c2=3, k2=3)
+    """The whole CNN in both forms, on a shape where frames ≠ c1 ≠ c2 ≠ cells (a swapped channel
+    axis would not fit), k1 ≠ k2, even and odd, and the first layer's two strips uneven (9
+    output columns: one strip padded). The notebook's demo cell checks the full-size model."""
+    cfg = replace(TINY, n_pix=12, history=5, n_cells=3, c1=4, k1=4, c2=3, k2=3)
     p = rc.init_cnn(jax.random.key(4), cfg, jnp.full(cfg.n_cells, 0.2))
     p = dict(p, w3=p["w3"] * 30)  # a readout large enough to make differences visible
     x = jax.random.normal(jax.random.key(5), (7, cfg.history, cfg.n_pix, cfg.n_pix))
     a, b = rc.apply_cnn(p, x), rc.apply_conv(p, x)
     assert float(jnp.std(a)) > 1e-3
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    k = jax.random.key(6)  # same noise key: same noise in both forms
+    k = rc.fast_key(jax.random.key(6))  # same noise key (as training uses): same noise in both
     np.testing.assert_allclose(
         rc.apply_cnn(p, x, None, k, 0.1), rc.apply_conv(p, x, None, k, 0.1), rtol=1e-4, atol=1e-5
     )
