@@ -38,27 +38,29 @@
 # feature-map claim at two widths, and, from Tanaka et al., flash latencies and attributions.
 #
 # **Run:** `python 07_retina_cnn.py` (the full size: 16×16 pixels, 8 cells, 10 min of data;
-# about 10 min on 2 CPU cores) or `--quick` (a smaller retina, about a minute).
+# about 9 min on 2 CPU cores, over the 5-min goal) or `--quick` (a smaller retina, about 1.5 min).
 #
 # **Expect** (full run, 3 seeds, mean correlation ρ with the true rate on held-out movies;
-# 582 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
+# 529 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
 # orderings and directions are compared):
 #
 # | ρ, train → test | LN | GLM | CNN | paper (Figs. 2, 3B) |
 # |---|---|---|---|---|
-# | WN → WN | 0.590 | 0.602 | 0.852 | CNN > GLM > LN |
-# | NS → NS (dead leaves) | 0.704 | 0.721 | 0.923 | CNN > GLM > LN |
-# | WN → NS | 0.667 | 0.693 | 0.898 | the CNN generalises best |
-# | NS → WN | 0.436 | 0.480 | 0.732 | |
+# | WN → WN | 0.604 | 0.604 | 0.851 | CNN > GLM > LN |
+# | NS → NS (dead leaves) | 0.700 | 0.723 | 0.922 | CNN > GLM > LN |
+# | WN → NS | 0.661 | 0.694 | 0.917 | the CNN generalises best |
+# | NS → WN | 0.435 | 0.465 | 0.748 | |
 #
-# CNN − LN 0.262 ± 0.020 (WN) and 0.218 ± 0.027 (NS); CNN − GLM on NS 0.201 ± 0.015. The raw
+# CNN − LN 0.247 ± 0.007 (WN) and 0.223 ± 0.027 (NS); CNN − GLM on NS 0.200 ± 0.018. The raw
 # natural-scene gap is *smaller* than the white-noise gap (the paper's is larger), because the
 # LN leaves less to explain on natural scenes; normalised by the LN's headroom it is larger,
-# 0.736 ± 0.040 (NS) against 0.638 ± 0.020 (WN). The CNN reaches 0.893 ± 0.005 of the noise
-# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.218 ± 0.027), and
-# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.041 ± 0.028)
-# than white noise (+0.009 ± 0.008), the paper's feature-map claim. Flash latency to +5 Hz
-# falls with intensity for the truth (138 → 116 ms) and the CNN (136 → 122 ms).
+# 0.739 ± 0.045 (NS) against 0.624 ± 0.007 (WN). The CNN reaches 0.892 ± 0.010 of the noise
+# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.223 ± 0.027), and
+# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.043 ± 0.022)
+# than white noise (+0.006 ± 0.010), the paper's feature-map claim. Flash latency to +5 Hz
+# falls with intensity for the truth (138 → 116 ms) and the CNN (125 → 116 ms). Early stopping
+# keeps the CNN at step 400 (median over runs; 100 to 1000 of 1000), the LN at 150 and the GLM
+# at 200 (of 600, validated every 25 steps).
 
 # %%
 import time
@@ -400,15 +402,17 @@ if utils.in_notebook():
 # one (7 of 11 entries used instead of 7 of 16).
 #
 # > Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step with the training
-# > noise, 300 steps in one scan, pinned to one core; whole processes interleaved, ms per step):
-# > this form 12.7–14.2; without strips 16; the first edition's banded form (channels first,
-# > one strip) 16.5; the previous layout (k column shifts on the channel axis, then k row
-# > slices added) 20.6–21.2; patches times a 784 × 8 matrix 22.7; PyTorch 2.13 (CPU, one
-# > thread, the same model and step) 8.6–9.2. Of our 13 ms, 6 are the training noise: the step
-# > without it takes 7.3–7.5 ms, faster than PyTorch's *with* it. JAX's default threefry bits
-# > and the inverse-erf transform to a normal cost about half each; drawing the bits with
-# > XLA's RngBitGenerator (`impl="rbg"`) instead brings the step to 11.7 ms. Ratios against
-# > PyTorch from interleaved runs are in the results below the training code.
+# > noise, 300 steps in one scan; whole processes interleaved, 3 rounds, ms per step). Pinned
+# > to one core: this form 12.0–12.7, the first edition's banded form (channels first, one
+# > strip) 17.1–17.3, PyTorch 2.13 (CPU, one thread, the same model and step) 9.3–9.5: ours is
+# > 1.27–1.35× PyTorch's time per round, 1.4× faster than the first edition's. On both cores:
+# > ours 8.5–9.0, PyTorch (two threads) 6.0–7.6, 1.15–1.44×. The goal of matching PyTorch is
+# > not reached. Earlier, separate timings: without strips 16; the previous layout (k column
+# > shifts on the channel axis, then k row slices added) 20.6–21.2; patches times a 784 × 8
+# > matrix 22.7. Much of the rest is the training noise: the step without it took 7.3–7.5 ms,
+# > faster than PyTorch's with it. JAX's default threefry bits and the inverse-erf transform to
+# > a normal cost about half each; `fast_key` draws the bits with XLA's RngBitGenerator
+# > (`impl="rbg"`), which saves about 1.5 ms per step.
 
 
 # %%
