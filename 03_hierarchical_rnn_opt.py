@@ -41,8 +41,8 @@
 # TaskSet's list against random search; the 2021 mechanisms.
 #
 # **Run:** `python 03_hierarchical_rnn_opt.py` (about 5.5 min on 2 CPU cores, cold) or `--quick`
-# (about 100 s cold, 60 s of it compiling); `--scale paper` sizes meta-training for a GPU; `--ablation` adds an ablation
-# of meta-training (about 8 more minutes).
+# (about 100 s cold, 60 s of it compiling); `--scale paper` sizes meta-training for a GPU;
+# `--ablation` adds an ablation of meta-training (about 8 more minutes).
 #
 # **Expect** (full run, 3 seeds, mean ± std, all on test instances; 332 s cold on 2 CPU cores).
 # Adam's learning rate is tuned on validation instances by the criterion each row judges.
@@ -1467,8 +1467,8 @@ def ablation(
         second_half = 1 + blocks // 2
         late = trained["val_scores"][:, second_half:]  # (S, checkpoints of the 2nd half)
         metrics = {
-            name: tested["metrics"][name]
-            for name in ("win_rate_vs_tuned_adam", "score_learned", "win_rate_last_iterate")
+            key: tested["metrics"][key]
+            for key in ("win_rate_vs_tuned_adam", "score_learned", "win_rate_last_iterate")
         }
         metrics["val_score_swing"] = utils.summarize(late.std(1))
         out[name] = dict(overrides=overrides, meta_steps=steps, **metrics)
@@ -1999,6 +1999,40 @@ def parse_config(argv: Union[list, None]) -> tuple:
     return args, cfg
 
 
+def make_record(args, cfg: Config, seeds: list, parts: dict, compile_s: float, run_s: float):
+    """The results JSON: every experiment's metrics, the Adam grid's edges, the adaptation
+    exponents, TaskSet's first setting and, with --ablation, the ablation's variants."""
+    metrics = {k: v for part in parts.values() for k, v in part["metrics"].items()}
+    first = parts["lists"]["first_setting"]
+    record = dict(
+        script=STEM,
+        paper=PAPER,
+        config=asdict(cfg),
+        quick=args.quick,
+        seeds=seeds,
+        metrics=metrics,
+        adam_grid_edges=parts["adam"]["grid_edges"],
+        re_adaptation_exponent_per_seed=parts["re"]["adaptation_exponent_per_seed"],
+        taskset_first_setting={k: v.tolist() for k, v in first.items()},
+        paper_values=PAPER_VALUES,
+        compile_s=compile_s,
+        run_s=run_s,
+    )
+    if "ablation" in parts:
+        record["ablation"] = parts["ablation"]["variants"]
+    return record
+
+
+def summary_rows(metrics: dict) -> list:
+    """The last line's headline metrics, each beside the paper's claim."""
+    return [
+        ("win rate vs tuned Adam", metrics["win_rate_vs_tuned_adam"], "paper: > 0.5"),
+        ("steps to match", metrics["steps_to_match_ratio"], "paper: < 1"),
+        ("held-out MLP win rate", metrics["heldout_family_win_rate"], "paper: > 0.5"),
+        ("TaskSet trials to match list@1", metrics["taskset_trials_to_match_list1"], "> 1"),
+    ]
+
+
 def main(argv: Union[list, None] = None) -> dict:
     """Meta-train, tune Adam, build the TaskSet list, race on test, reverse-engineer; save."""
     args, cfg = parse_config(argv)
@@ -2012,37 +2046,15 @@ def main(argv: Union[list, None] = None) -> dict:
     result = learned_vs_adam(cfg, splits, trained, adam, lists)
     stall = stall_diagnosis(cfg, result)
     re = reverse_engineering(cfg, seeds, t0)
-    parts = [trained, adam, lists, result, stall, re]
+    parts = dict(trained=trained, adam=adam, lists=lists, result=result, stall=stall, re=re)
     if args.ablation:
-        parts.append(ablation(cfg, seeds, splits, adam, lists, t0))
-    compile_s = sum(part.get("compile_s", 0.0) for part in parts)
+        parts["ablation"] = ablation(cfg, seeds, splits, adam, lists, t0)
+    compile_s = sum(part.get("compile_s", 0.0) for part in parts.values())
     run_s = time.perf_counter() - t0 - compile_s
-    metrics = {name: value for part in parts for name, value in part["metrics"].items()}
-    record = dict(
-        script=STEM,
-        paper=PAPER,
-        config=asdict(cfg),
-        quick=args.quick,
-        seeds=seeds,
-        metrics=metrics,
-        adam_grid_edges=adam["grid_edges"],
-        re_adaptation_exponent_per_seed=re["adaptation_exponent_per_seed"],
-        taskset_first_setting={k: v.tolist() for k, v in lists["first_setting"].items()},
-        paper_values=PAPER_VALUES,
-        compile_s=compile_s,
-        run_s=run_s,
-    )
-    if args.ablation:
-        record["ablation"] = parts[-1]["variants"]
+    record = make_record(args, cfg, seeds, parts, compile_s, run_s)
     utils.save_results(args.out, STEM, record, make_figure(cfg, trained, lists, result, stall, re))
-    rows = [
-        ("win rate vs tuned Adam", metrics["win_rate_vs_tuned_adam"], "paper: > 0.5"),
-        ("steps to match", metrics["steps_to_match_ratio"], "paper: < 1"),
-        ("held-out MLP win rate", metrics["heldout_family_win_rate"], "paper: > 0.5"),
-        ("TaskSet trials to match list@1", metrics["taskset_trials_to_match_list1"], "> 1"),
-    ]
     title = f"{STEM}{' (quick)' if args.quick else ''}, {len(seeds)} seeds"
-    print(utils.summary_line(title, rows, compile_s, run_s))
+    print(utils.summary_line(title, summary_rows(record["metrics"]), compile_s, run_s))
     return record
 
 
