@@ -115,7 +115,7 @@ def test_matmul_form_equals_convolution():
     a, b = rc.apply_cnn(p, x), rc.apply_conv(p, x)
     assert float(jnp.std(a)) > 1e-3
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    k = rc.fast_key(jax.random.key(6))  # same noise key (as training uses): same noise in both
+    k = jax.random.key(6)  # the same noise key: the same noise in both
     np.testing.assert_allclose(
         rc.apply_cnn(p, x, None, k, 0.1), rc.apply_conv(p, x, None, k, 0.1), rtol=1e-4, atol=1e-5
     )
@@ -263,7 +263,7 @@ def test_cnn_recovers_an_ln_retina():
     parts = [ln_retina(jax.random.key(11 + i), cfg, T, centres) for i, T in enumerate(sizes)]
     runs = {k: jnp.array([v], jnp.int32) for k, v in zip(rc.RUN_FIELDS, (0, 0, sizes[0]))}
     params, _ = rc.train(cfg, "cnn", one_seed_data(parts), runs, jax.random.key(15), 0.0)
-    p = jax.tree_util.tree_map(lambda a: a[0], params)
+    p = jax.tree_util.tree_map(lambda a: a[0], params["cnn"])
     s_test, rates, K = parts[2][0], parts[2][2], parts[2][3]
     pred = rc.predict(rc.apply_cnn, p, s_test, cfg.history)
     first = cfg.history - 1  # the first bin with a full window
@@ -297,12 +297,11 @@ def test_glm_recovers_refractoriness():
     runs = {k: jnp.array([v], jnp.int32) for k, v in zip(rc.RUN_FIELDS, (0, 0, sizes[0]))}
     nll = {}
     first = cfg.history - 1
-    for name in ("ln", "glm"):
-        params, _ = rc.train(cfg, name, data, runs, jax.random.key(50), 0.0)
-        p = jax.tree_util.tree_map(lambda a: a[0], params)
-        model = rc.model_spec(cfg, name)
+    params, _ = rc.train(cfg, "baselines", data, runs, jax.random.key(50), 0.0)
+    for name, lags in (("ln", 1), ("glm", cfg.glm_lags)):
+        p = jax.tree_util.tree_map(lambda a: a[0], params[name])
         s, n = parts[2]
-        pred = rc.predict(model.apply, p, s, cfg.history, n, model.lags)
+        pred = rc.predict(rc.APPLY[name], p, s, cfg.history, n, lags)
         nll[name] = float(rc.poisson_nll(pred, n[first:]))
         if name == "glm":
             eta = np.asarray(rc.glm_eta(p)[:, 0])
