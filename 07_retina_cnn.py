@@ -402,17 +402,16 @@ if utils.in_notebook():
 # one (7 of 11 entries used instead of 7 of 16).
 #
 # > Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step with the training
-# > noise, 300 steps in one scan; whole processes interleaved, 3 rounds, ms per step). Pinned
-# > to one core: this form 12.0–12.7, the first edition's banded form (channels first, one
-# > strip) 17.1–17.3, PyTorch 2.13 (CPU, one thread, the same model and step) 9.3–9.5: ours is
-# > 1.27–1.35× PyTorch's time per round, 1.4× faster than the first edition's. On both cores:
-# > ours 8.5–9.0, PyTorch (two threads) 6.0–7.6, 1.15–1.44×. The goal of matching PyTorch is
-# > not reached. Earlier, separate timings: without strips 16; the previous layout (k column
-# > shifts on the channel axis, then k row slices added) 20.6–21.2; patches times a 784 × 8
-# > matrix 22.7. Much of the rest is the training noise: the step without it took 7.3–7.5 ms,
-# > faster than PyTorch's with it. JAX's default threefry bits and the inverse-erf transform to
-# > a normal cost about half each; `fast_key` draws the bits with XLA's RngBitGenerator
-# > (`impl="rbg"`), which saves about 1.5 ms per step.
+# > noise, a new batch each step, 100 steps in one scan; whole processes interleaved, 3 rounds,
+# > ms per step, pinned to one core): this form 13.7–13.9, PyTorch 2.13 (CPU, one thread, the
+# > same model and step) 8.6–8.8, so ours takes **1.58–1.60× PyTorch's time**: the goal of
+# > matching it is not reached. An earlier comparison (1.27–1.35×) fed the same batch every
+# > step, which let XLA build the first layer's shifted rows once, outside the loop: a fair
+# > step must build them each time. Drawing the noise ξ flat (`noisy_relu`) instead of in the
+# > activations' shape took the step from 15.4–15.9 to 13.7–13.9 ms; without noise it takes
+# > about 3 ms less. Earlier, separate timings: the first edition's banded form (channels
+# > first, one strip) 1.4× slower than this one; without strips 16; `lax.conv_general_dilated`
+# > about 10× slower (its weight gradient, mostly).
 
 
 # %%
