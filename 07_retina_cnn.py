@@ -38,29 +38,29 @@
 # feature-map claim at two widths, and, from Tanaka et al., flash latencies and attributions.
 #
 # **Run:** `python 07_retina_cnn.py` (the full size: 16×16 pixels, 8 cells, 10 min of data;
-# about 9 min on 2 CPU cores, over the 5-min goal) or `--quick` (a smaller retina, about 1.5 min).
+# about 4 min on 2 CPU cores) or `--quick` (a smaller retina, under a minute).
 #
 # **Expect** (full run, 3 seeds, mean correlation ρ with the true rate on held-out movies;
-# 529 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
+# 243 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
 # orderings and directions are compared):
 #
 # | ρ, train → test | LN | GLM | CNN | paper (Figs. 2, 3B) |
 # |---|---|---|---|---|
-# | WN → WN | 0.604 | 0.604 | 0.851 | CNN > GLM > LN |
-# | NS → NS (dead leaves) | 0.700 | 0.723 | 0.922 | CNN > GLM > LN |
-# | WN → NS | 0.661 | 0.694 | 0.917 | the CNN generalises best |
-# | NS → WN | 0.435 | 0.465 | 0.748 | |
+# | WN → WN | 0.604 | 0.603 | 0.858 | CNN > GLM > LN |
+# | NS → NS (dead leaves) | 0.700 | 0.721 | 0.933 | CNN > GLM > LN |
+# | WN → NS | 0.661 | 0.694 | 0.911 | the CNN generalises best |
+# | NS → WN | 0.435 | 0.438 | 0.750 | |
 #
-# CNN − LN 0.247 ± 0.007 (WN) and 0.223 ± 0.027 (NS); CNN − GLM on NS 0.200 ± 0.018. The raw
+# CNN − LN 0.253 ± 0.010 (WN) and 0.234 ± 0.017 (NS); CNN − GLM on NS 0.212 ± 0.009. The raw
 # natural-scene gap is *smaller* than the white-noise gap (the paper's is larger), because the
 # LN leaves less to explain on natural scenes; normalised by the LN's headroom it is larger,
-# 0.739 ± 0.045 (NS) against 0.624 ± 0.007 (WN). The CNN reaches 0.892 ± 0.010 of the noise
-# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.223 ± 0.027), and
-# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.043 ± 0.022)
-# than white noise (+0.006 ± 0.010), the paper's feature-map claim. Flash latency to +5 Hz
-# falls with intensity for the truth (138 → 116 ms) and the CNN (125 → 116 ms). Early stopping
-# keeps the CNN at step 400 (median over runs; 100 to 1000 of 1000), the LN at 150 and the GLM
-# at 200 (of 600, validated every 25 steps).
+# 0.777 ± 0.012 (NS) against 0.640 ± 0.018 (WN). The CNN reaches 0.902 ± 0.006 of the noise
+# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.227 ± 0.024), and
+# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.051 ± 0.035)
+# than white noise (+0.010 ± 0.010), the paper's feature-map claim. Flash latency to +5 Hz
+# falls with intensity for the truth (138 → 116 ms) and the CNN (132 → 108 ms). Early stopping
+# keeps the CNN at step 300 (median over runs; 100 to 900 of 1000), the LN at 150 and the GLM
+# at 212 (of 600, validated every 25 steps).
 
 # %%
 import time
