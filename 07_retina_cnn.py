@@ -65,6 +65,7 @@
 # %%
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Callable, NamedTuple, Union
 
 import jax
@@ -409,9 +410,9 @@ if utils.in_notebook():
 # > step, which let XLA build the first layer's shifted rows once, outside the loop: a fair
 # > step must build them each time. Drawing the noise ξ flat (`noisy_relu`) instead of in the
 # > activations' shape took the step from 15.4–15.9 to 13.7–13.9 ms; without noise it takes
-# > about 3 ms less. Earlier, separate timings: the first edition's banded form (channels
-# > first, one strip) 1.4× slower than this one; without strips 16; `lax.conv_general_dilated`
-# > about 10× slower (its weight gradient, mostly).
+# > about 3 ms less. `lax.conv_general_dilated` for both layers: about 10× slower (136 ms);
+# > for layer 2 alone, 27 ms. Earlier timings, with the same batch every step: the first
+# > edition's banded form (channels first, one strip) 1.4× slower than this one.
 
 
 # %%
@@ -746,29 +747,31 @@ class Model(NamedTuple):
 
 
 def model_spec(cfg: Config, name: str) -> Model:
-    """ "cnn", or "baselines": the LN and the GLM, with their training settings."""
+    """The CNN ("cnn") or the LN and the GLM side by side ("baselines"), with training settings."""
     if name == "cnn":
         return Model(
-            ("cnn",),
-            init_cnn_alone,
-            apply_cnn_alone,
-            cfg.lr,
-            cfg.batch,
-            cfg.l2,
-            cfg.steps,
-            cfg.eval_every,
-            1,
+            members=("cnn",),
+            init=init_cnn_alone,
+            apply=apply_cnn_alone,
+            lr=cfg.lr,
+            batch=cfg.batch,
+            l2=cfg.l2,
+            steps=cfg.steps,
+            eval_every=cfg.eval_every,
+            lags=1,
         )
+    if name != "baselines":
+        raise ValueError(f'model_spec: name must be "cnn" or "baselines", got {name!r}')
     return Model(
-        ("ln", "glm"),
-        init_baselines,
-        apply_baselines,
-        cfg.ln_lr,
-        cfg.ln_batch,
-        0.0,
-        cfg.ln_steps,
-        cfg.ln_eval_every,
-        cfg.glm_lags,
+        members=("ln", "glm"),
+        init=init_baselines,
+        apply=apply_baselines,
+        lr=cfg.ln_lr,
+        batch=cfg.ln_batch,
+        l2=0.0,
+        steps=cfg.ln_steps,
+        eval_every=cfg.ln_eval_every,
+        lags=cfg.glm_lags,
     )
 
 
@@ -829,13 +832,12 @@ def make_train(cfg: Config, model: Model) -> tuple:
         pred = predict(model.apply, state.params, stim, H, spikes, model.lags)
         val = jax.vmap(poisson_nll, (1, None))(pred, spikes[first:])  # (members,)
         better = val < state.best_val
-        best = {}
-        for i, name in enumerate(model.members):
-
-            def keep(new, old, i=i):
-                return jnp.where(better[i], new, old)
-
-            best[name] = jax.tree_util.tree_map(keep, state.params[name], state.best[name])
+        best = {
+            name: jax.tree_util.tree_map(
+                partial(jnp.where, better[i]), state.params[name], state.best[name]
+            )
+            for i, name in enumerate(model.members)
+        }
         best_step = jnp.where(better, state.step, state.best_step)
         best_val = jnp.minimum(val, state.best_val)
         return state._replace(best=best, best_val=best_val, best_step=best_step), val
@@ -918,7 +920,7 @@ def evaluate(cfg: Config, name: str, params: dict, data: dict, runs: dict, key: 
         return map_runs(lambda args: one(*args), (params, seeds, keys))
 
     keys = jax.random.split(key, runs["seed"].shape[0])
-    compiled, compile_s = utils.compile_timed(jax.jit(all_runs), params, runs["seed"], keys)
+    compiled, compile_s = utils.compile_timed(all_runs, params, runs["seed"], keys)
     rho, rho_psth, rates = [np.asarray(a) for a in compiled(params, runs["seed"], keys)]
     return rho, rho_psth, rates, compile_s
 

@@ -121,6 +121,29 @@ def test_matmul_form_equals_convolution():
     )
 
 
+def test_baselines_side_by_side_equal_ln_and_glm_alone():
+    """Training runs the LN and the GLM through one product x · [w_LN | w_GLM]: its two outputs
+    must be apply_ln and apply_glm on the same windows and spike history, in that order (distinct
+    random filters, biases and η, so a swap or a shared filter would show)."""
+    cfg = replace(TINY, glm_lags=3)
+    D = cfg.history * cfg.n_pix**2
+    ks = jax.random.split(jax.random.key(60), 6)
+    ln = dict(w=jax.random.normal(ks[0], (D, cfg.n_cells)), b=jax.random.normal(ks[1], (2,)))
+    glm = dict(
+        w=jax.random.normal(ks[2], (D, cfg.n_cells)),
+        b=jax.random.normal(ks[3], (2,)),
+        eta=0.02 * jax.random.normal(ks[4], (cfg.glm_lags, cfg.n_cells)),
+    )
+    x = jax.random.normal(ks[5], (5, cfg.history, cfg.n_pix, cfg.n_pix))
+    past = jax.random.poisson(jax.random.key(61), 0.5, (5, cfg.glm_lags, cfg.n_cells))
+    both = rc.apply_baselines(dict(ln=ln, glm=glm), x, past.astype(jnp.float32))
+    assert both.shape == (5, 2, cfg.n_cells)
+    # float32 products of D = 108 terms, summed in a different order: rtol 1e-5
+    np.testing.assert_allclose(both[:, 0], rc.apply_ln(ln, x), rtol=1e-5)
+    np.testing.assert_allclose(both[:, 1], rc.apply_glm(glm, x, past), rtol=1e-5)
+    assert not np.allclose(both[:, 0], both[:, 1])
+
+
 def test_windows_and_models_are_causal():
     cfg = QUICK
     t = 40
