@@ -441,12 +441,18 @@ def init_cnn(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
     )
 
 
-def noisy_relu(h: jax.Array, key: Union[jax.Array, None], noise: float) -> jax.Array:
-    """[h + σξ]_+ in training (a key given), [h]_+ otherwise. ξ is drawn flat, then reshaped:
-    in h's own shape, whose last axis is only C wide, the draw takes 3× longer on a CPU."""
-    if key is not None:
-        h = h + noise * jax.random.normal(key, (h.size,)).reshape(h.shape)
+def noisy_relu(h: jax.Array, xi: Union[jax.Array, None], noise: float) -> jax.Array:
+    """[h + σξ]_+ in training (standard normals ξ of h's shape given), [h]_+ otherwise."""
+    if xi is not None:
+        h = h + noise * xi
     return jax.nn.relu(h)
+
+
+def cnn_noise_shapes(cfg: Config, batch: int) -> tuple:
+    """The shapes of ξ₁ and ξ₂, the standard normals of one training step of the CNN."""
+    m1 = cfg.n_pix - cfg.k1 + 1
+    m2 = m1 - cfg.k2 + 1
+    return ((batch, m1, m1, cfg.c1), (batch, m2, m2, cfg.c2))
 
 
 def conv_matmul(a: jax.Array, w: jax.Array, tiles: int = 1) -> jax.Array:
@@ -460,45 +466,48 @@ def conv_matmul(a: jax.Array, w: jax.Array, tiles: int = 1) -> jax.Array:
     tile = -(-Xo // tiles)  # output columns per strip
     width = tile + k - 1  # input columns a strip reads
     a = jnp.pad(a, ((0, 0), (0, 0), (0, tiles * tile - Xo), (0, 0)))
-    shifts = [lax.slice_in_dim(a, dy, dy + Yo, axis=1) for dy in range(k)]
-    rows = jnp.stack(shifts, axis=2)  # (B, Y', k, X, C_in)
     starts = range(0, tiles * tile, tile)
-    strips = jnp.stack([lax.slice_in_dim(rows, s, s + width, axis=3) for s in starts], axis=2)
-    # strips: (B, Y', tiles, k, width, C_in); the band: (k, width, C_in, tile, C_out)
+    cut = jnp.stack([lax.slice_in_dim(a, s, s + width, axis=2) for s in starts], axis=1)
+    shifts = [lax.slice_in_dim(cut, dy, dy + Yo, axis=2) for dy in range(k)]
+    strips = jnp.stack(shifts, axis=3)  # (B, tiles, Y', k, width, C_in)
+    # the band, transposed: (tile, C_out) × (k, width, C_in)
     on_band = np.arange(width)[:, None, None] == np.arange(tile)[None, :, None] + np.arange(k)
-    band = jnp.einsum("yxio,XZx->yXiZo", w, jnp.asarray(on_band, w.dtype))
+    band_t = jnp.einsum("yxio,XZx->ZoyXi", w, jnp.asarray(on_band, w.dtype))
     K = k * width * c_in
-    out = strips.reshape(-1, K) @ band.reshape(K, tile * c_out)
+    both_last = (((1,), (1,)), ((), ()))  # contract the last axis of each
+    out = lax.dot_general(strips.reshape(-1, K), band_t.reshape(tile * c_out, K), both_last)
+    out = jnp.moveaxis(out.reshape(B, tiles, Yo, tile, c_out), 1, 2)
     return out.reshape(B, Yo, tiles * tile, c_out)[:, :, :Xo]
 
 
-def layer1(params: dict, x: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
+def layer1(params: dict, x: jax.Array, xi=None, noise: float = 0.0) -> jax.Array:
     """Windows x (B, H, N, N) -> first-layer activations (B, M1, M1, c1)."""
     a = jnp.moveaxis(x, 1, -1)  # frames become the input channels, last: (B, N, N, H)
-    return noisy_relu(conv_matmul(a, params["w1"], tiles=2) + params["b1"], key, noise)
+    return noisy_relu(conv_matmul(a, params["w1"], tiles=2) + params["b1"], xi, noise)
 
 
-def cnn_head(params: dict, a: jax.Array, key=None, noise: float = 0.0) -> jax.Array:
+def cnn_head(params: dict, a: jax.Array, xi=None, noise: float = 0.0) -> jax.Array:
     """First-layer activations a (B, M1, M1, c1) -> expected counts per bin (B, cells)."""
-    h = noisy_relu(conv_matmul(a, params["w2"]) + params["b2"], key, noise)
+    h = noisy_relu(conv_matmul(a, params["w2"]) + params["b2"], xi, noise)
     return jax.nn.softplus(h.reshape(a.shape[0], -1) @ params["w3"] + params["b3"])
 
 
-def apply_cnn(params: dict, x: jax.Array, past=None, key=None, noise: float = 0.0) -> jax.Array:
-    """The CNN: windows x (B, H, N, N) -> expected counts (B, cells); `past` unused."""
-    keys = (None, None) if key is None else tuple(jax.random.split(key))
-    return cnn_head(params, layer1(params, x, keys[0], noise), keys[1], noise)
+def apply_cnn(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0) -> jax.Array:
+    """The CNN: windows x (B, H, N, N) -> expected counts (B, cells). xi: (ξ₁, ξ₂) in training
+    (shapes `cnn_noise_shapes`), None otherwise; `past` unused."""
+    xi1, xi2 = (None, None) if xi is None else xi
+    return cnn_head(params, layer1(params, x, xi1, noise), xi2, noise)
 
 
-def apply_conv(params: dict, x: jax.Array, past=None, key=None, noise: float = 0.0) -> jax.Array:
+def apply_conv(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0) -> jax.Array:
     """The same CNN with XLA's convolution: the reference that apply_cnn must equal."""
 
     def conv(a, w):
         return lax.conv_general_dilated(a, w, (1, 1), "VALID", dimension_numbers=DIMS)
 
-    keys = (None, None) if key is None else tuple(jax.random.split(key))
-    a = noisy_relu(conv(jnp.moveaxis(x, 1, -1), params["w1"]) + params["b1"], keys[0], noise)
-    h = noisy_relu(conv(a, params["w2"]) + params["b2"], keys[1], noise)
+    xi1, xi2 = (None, None) if xi is None else xi
+    a = noisy_relu(conv(jnp.moveaxis(x, 1, -1), params["w1"]) + params["b1"], xi1, noise)
+    h = noisy_relu(conv(a, params["w2"]) + params["b2"], xi2, noise)
     return jax.nn.softplus(h.reshape(x.shape[0], -1) @ params["w3"] + params["b3"])
 
 
@@ -557,8 +566,8 @@ def ln_drive(params: dict, x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
 
 
-def apply_ln(params: dict, x: jax.Array, past=None, key=None, noise: float = 0.0) -> jax.Array:
-    """x (B, H, N, N) -> expected counts (B, cells); past, key and noise unused."""
+def apply_ln(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0) -> jax.Array:
+    """x (B, H, N, N) -> expected counts (B, cells); past, xi and noise unused."""
     return jax.nn.softplus(ln_drive(params, x))
 
 
@@ -570,7 +579,7 @@ def init_glm(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
     return dict(init_ln(key, cfg, ybar), eta=jnp.zeros((cfg.glm_lags, cfg.n_cells)))
 
 
-def apply_glm(params: dict, x: jax.Array, past=None, key=None, noise: float = 0.0) -> jax.Array:
+def apply_glm(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0) -> jax.Array:
     """x (B, H, N, N) and past counts (B, lags, cells) -> expected counts (B, cells).
 
     Adam moves every parameter by about its learning rate per step, 3e-4 here: η, which must
@@ -711,7 +720,7 @@ def init_baselines(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
     return dict(ln=init_ln(key, cfg, ybar), glm=init_glm(key, cfg, ybar))
 
 
-def apply_baselines(params: dict, x: jax.Array, past: jax.Array, key=None, noise: float = 0.0):
+def apply_baselines(params: dict, x: jax.Array, past: jax.Array, xi=None, noise: float = 0.0):
     """The LN and the GLM on the same windows: expected counts (B, 2, cells), LN first. One
     product x · [w_LN | w_GLM] reads the windows once (see above)."""
     ln, glm = params["ln"], params["glm"]
@@ -726,9 +735,9 @@ def init_cnn_alone(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
     return dict(cnn=init_cnn(key, cfg, ybar))
 
 
-def apply_cnn_alone(params: dict, x: jax.Array, past=None, key=None, noise: float = 0.0):
+def apply_cnn_alone(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0):
     """apply_cnn with a member axis: (B, 1, cells)."""
-    return apply_cnn(params["cnn"], x, past, key, noise)[:, None]
+    return apply_cnn(params["cnn"], x, past, xi, noise)[:, None]
 
 
 class Model(NamedTuple):
@@ -737,13 +746,14 @@ class Model(NamedTuple):
 
     members: tuple  # their names: the keys of the parameters
     init: Callable  # (key, cfg, ybar) -> {member: params}
-    apply: Callable  # (params, x, past, key, noise) -> expected counts (B, members, cells)
+    apply: Callable  # (params, x, past, xi, noise) -> expected counts (B, members, cells)
     lr: float
     batch: int
     l2: float
     steps: int
     eval_every: int  # steps between validation checks
     lags: int  # spike-history lags the members read (1 and unused for LN and CNN)
+    noise_shapes: tuple  # shapes of the standard normals ξ of one training step (none: ())
 
 
 def model_spec(cfg: Config, name: str) -> Model:
@@ -759,6 +769,7 @@ def model_spec(cfg: Config, name: str) -> Model:
             steps=cfg.steps,
             eval_every=cfg.eval_every,
             lags=1,
+            noise_shapes=cnn_noise_shapes(cfg, cfg.batch),
         )
     if name != "baselines":
         raise ValueError(f'model_spec: name must be "cnn" or "baselines", got {name!r}')
@@ -772,6 +783,7 @@ def model_spec(cfg: Config, name: str) -> Model:
         steps=cfg.ln_steps,
         eval_every=cfg.ln_eval_every,
         lags=cfg.glm_lags,
+        noise_shapes=(),
     )
 
 
@@ -797,11 +809,11 @@ def make_train(cfg: Config, model: Model) -> tuple:
     first = H - 1  # the first bin with a full window
     n_members = len(model.members)
 
-    def loss_fn(params, x, past, y, key):
+    def loss_fn(params, x, past, y, xi):
         """The members' losses summed, so that each member's gradient is its own."""
         weights = [v for p in params.values() for k, v in p.items() if k.startswith("w")]
         l2_term = sum(jnp.sum(v**2) for v in weights)
-        rate = model.apply(params, x, past, key, cfg.noise)
+        rate = model.apply(params, x, past, xi, cfg.noise)
         return n_members * poisson_nll(rate, y[:, None]) + model.l2 * l2_term
 
     def init(key, data, run):
@@ -813,8 +825,8 @@ def make_train(cfg: Config, model: Model) -> tuple:
         best_step = jnp.zeros(n_members, jnp.int32)
         return TrainState(params, opt_init(params), params, best_val, best_step, 0, key)
 
-    def step(state, data, run):
-        key, k_t, k_noise = jax.random.split(state.key, 3)
+    def step(state, xi, data, run):
+        key, k_t = jax.random.split(state.key)
         S, C, T, N = data["stim_train"].shape[:4]
         # index the movies as one flat (S·C·T, N, N) array: no per-run copy of a whole movie
         t = jax.random.randint(k_t, (model.batch,), H - 1, run["n_used"])
@@ -822,7 +834,7 @@ def make_train(cfg: Config, model: Model) -> tuple:
         x = jax.vmap(windows, (None, 0, None))(data["stim_train"].reshape(-1, N, N), t, H)
         flat_spikes = data["spikes_train"].reshape(-1, cfg.n_cells)
         past = jax.vmap(past_spikes, (None, 0, None))(flat_spikes, t, model.lags)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, past, flat_spikes[t], k_noise)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, past, flat_spikes[t], xi)
         params, opt = opt_update(grads, state.opt, state.params)
         return state._replace(params=params, opt=opt, step=state.step + 1, key=key), loss
 
@@ -844,16 +856,26 @@ def make_train(cfg: Config, model: Model) -> tuple:
 
     def blocks(state, data, run, num_blocks):
         def block(state, _):
-            def one_step(s, _):
-                return step(s, data, run)
+            def one_step(s, xi):
+                return step(s, xi, data, run)
 
-            state, losses = lax.scan(one_step, state, None, length=model.eval_every)
+            key, k_noise = jax.random.split(state.key)
+            xi = training_noise(k_noise, model.noise_shapes, model.eval_every)
+            state = state._replace(key=key)
+            state, losses = lax.scan(one_step, state, xi, length=model.eval_every)
             state, val = validate(state, data, run)
             return state, dict(train_nll=losses.mean() / n_members, val_nll=val)
 
         return lax.scan(block, state, None, length=num_blocks)
 
     return init, blocks
+
+
+def training_noise(key: jax.Array, shapes: tuple, steps: int) -> tuple:
+    """ξ for `steps` training steps: per shape, standard normals (steps, *shape). Drawn a block
+    of steps at a time, outside the step (see the remark above)."""
+    keys = jax.random.split(key, len(shapes))
+    return tuple(utils.normal(k, (steps,) + shape) for k, shape in zip(keys, shapes))
 
 
 def train(cfg: Config, name: str, data: dict, runs: dict, key: jax.Array, t0: float) -> tuple:

@@ -4,6 +4,7 @@
 - compiling and running: `enable_compilation_cache`, `compile_timed`, `run_chunked` (a scanned
   step run in a few chunks with a progress line each), `shard_seeds`;
 - optimisation: `adam` (constant or scheduled learning rate), `clip_by_global_norm`;
+- random numbers: `normal` (jax.random.normal, bit for bit, in one pass on a CPU);
 - failure: `Diverged` and `check_finite` (one line on stderr, exit 1, no traceback);
 - results: `summarize`, `summary_line`, `env_info`, `save_results` (JSON and PNG together).
 """
@@ -262,6 +263,41 @@ def clip_by_global_norm(grads, max_norm: float) -> tuple:
     norm = jnp.sqrt(sum(jnp.sum(g**2) for g in leaves))
     scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
     return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), grads), norm
+
+
+# Random numbers
+
+
+def _rotate_left(v: jax.Array, r: int) -> jax.Array:
+    return (v << np.uint32(r)) | (v >> np.uint32(32 - r))
+
+
+def normal(key: jax.Array, shape: tuple) -> jax.Array:
+    """jax.random.normal(key, shape) in float32, bit for bit, with threefry's rounds written out.
+
+    On a CPU, JAX runs the 20 rounds of threefry-2x32 (Salmon et al. 2011) as a rolled loop: five
+    passes over memory, each reading and writing two words per number. Written out, XLA fuses the
+    rounds and the inverse-erf transform into one pass. Needs a threefry key (the default), fewer
+    than 2³² numbers, and `jax_threefry_partitionable` on (the default): counters are then the
+    flat index i, as the pair (0, i)."""
+    n = int(np.prod(shape))
+    k0, k1 = jax.random.key_data(key)
+    keys = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0 = jnp.zeros(n, jnp.uint32) + keys[0]
+    x1 = jax.lax.iota(jnp.uint32, n) + keys[1]
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    for i in range(5):  # 5 times 4 rounds, a key injection after each 4
+        for r in rotations[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotate_left(x1, r) ^ x0
+        x0 = x0 + keys[(i + 1) % 3]
+        x1 = x1 + keys[(i + 2) % 3] + np.uint32(i + 1)
+    bits = x0 ^ x1
+    # as jax.random.uniform on (-1, 1): 23 mantissa bits give [1, 2), minus 1, scaled
+    one_two = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32)
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = jnp.maximum(lo, (one_two - 1.0) * (np.float32(1.0) - lo) + lo)
+    return (np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)).reshape(shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,11 +81,13 @@ def test_cnn_gradient_finite_differences():
         p = tiny_params(jax.random.key(0), jnp.float64)
         x = jax.random.normal(jax.random.key(1), (5, 3, 6, 6), jnp.float64)
         y = jax.random.poisson(jax.random.key(2), 0.5, (5, 2)).astype(jnp.float64)
-        noise_key = jax.random.key(3)  # the noise layers are part of the training loss
+        # the noise layers are part of the training loss
+        xi = rc.training_noise(jax.random.key(3), rc.cnn_noise_shapes(TINY, 5), 1)
+        xi = tuple(v[0].astype(jnp.float64) for v in xi)
 
         @jax.jit  # one compilation instead of hundreds of op-by-op ones
         def loss(p):
-            return rc.poisson_nll(rc.apply_cnn(p, x, None, noise_key, 0.1), y)
+            return rc.poisson_nll(rc.apply_cnn(p, x, None, xi, 0.1), y)
 
         check_grads(loss, (p,), order=1, modes=["rev"], eps=1e-6)
 
@@ -115,9 +117,9 @@ def test_matmul_form_equals_convolution():
     a, b = rc.apply_cnn(p, x), rc.apply_conv(p, x)
     assert float(jnp.std(a)) > 1e-3
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    k = jax.random.key(6)  # the same noise key: the same noise in both
+    xi = tuple(v[0] for v in rc.training_noise(jax.random.key(6), rc.cnn_noise_shapes(cfg, 7), 1))
     np.testing.assert_allclose(
-        rc.apply_cnn(p, x, None, k, 0.1), rc.apply_conv(p, x, None, k, 0.1), rtol=1e-4, atol=1e-5
+        rc.apply_cnn(p, x, None, xi, 0.1), rc.apply_conv(p, x, None, xi, 0.1), rtol=1e-4, atol=1e-5
     )
 
 
@@ -465,9 +467,12 @@ def test_same_seed_same_data_and_training():
     p = rc.init_cnn(jax.random.key(20), cfg, jnp.full(cfg.n_cells, 0.2))
     x = jax.vmap(rc.windows, (None, 0, None))(a["stim_test"][0], jnp.arange(20, 30), cfg.history)
     clean = rc.apply_cnn(p, x)
-    noisy = rc.apply_cnn(p, x, None, jax.random.key(0), 0.1)
-    assert not np.allclose(clean, noisy)  # noise in training ...
-    # ... none without a key, whatever σ says ...
+    xi = rc.training_noise(jax.random.key(0), rc.cnn_noise_shapes(cfg, 10), 2)
+    noisy = rc.apply_cnn(p, x, None, (xi[0][0], xi[1][0]), 0.1)
+    assert not np.allclose(clean, noisy)  # noise in training, ...
+    # ... new at every step of a block, ...
+    assert not np.allclose(noisy, rc.apply_cnn(p, x, None, (xi[0][1], xi[1][1]), 0.1))
+    # ... none without ξ, whatever σ says ...
     np.testing.assert_array_equal(rc.apply_cnn(p, x, None, None, 0.1), clean)
     # ... and none at test: predict (output i is the window ending at frame H − 1 + i) equals
     # the noise-free reference form with XLA's convolution on the same windows

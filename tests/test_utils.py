@@ -372,6 +372,16 @@ def test_adam_schedule_is_read_at_each_step():
         params = new
 
 
+def test_normal_is_jax_random_normal_bit_for_bit():
+    """utils.normal writes threefry's rounds out: the same numbers as jax.random.normal, for
+    several keys (split keys too) and shapes, odd sizes and one number included."""
+    keys = [jax.random.key(0), jax.random.key(12345), *jax.random.split(jax.random.key(7), 2)]
+    for key in keys:
+        for shape in ((1,), (7,), (3, 5, 2), (10_001,)):
+            ours = jax.jit(utils.normal, static_argnums=1)(key, shape)
+            np.testing.assert_array_equal(ours, jax.random.normal(key, shape))
+
+
 def test_clip_by_global_norm():
     grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]])}  # global norm 5
     clipped, norm = utils.clip_by_global_norm(grads, 1.0)
