@@ -38,29 +38,29 @@
 # feature-map claim at two widths, and, from Tanaka et al., flash latencies and attributions.
 #
 # **Run:** `python 07_retina_cnn.py` (the full size: 16×16 pixels, 8 cells, 10 min of data;
-# about 4 min on 2 CPU cores) or `--quick` (a smaller retina, under a minute).
+# about 5 min on 2 CPU cores) or `--quick` (a smaller retina, about a minute).
 #
 # **Expect** (full run, 3 seeds, mean correlation ρ with the true rate on held-out movies;
-# 243 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
+# 321 s cold on 2 busy CPU cores; the paper's magnitudes come from a real retina, so only its
 # orderings and directions are compared):
 #
 # | ρ, train → test | LN | GLM | CNN | paper (Figs. 2, 3B) |
 # |---|---|---|---|---|
-# | WN → WN | 0.604 | 0.603 | 0.858 | CNN > GLM > LN |
-# | NS → NS (dead leaves) | 0.700 | 0.721 | 0.933 | CNN > GLM > LN |
-# | WN → NS | 0.661 | 0.694 | 0.911 | the CNN generalises best |
-# | NS → WN | 0.435 | 0.438 | 0.750 | |
+# | WN → WN | 0.606 | 0.602 | 0.859 | CNN > GLM > LN |
+# | NS → NS (dead leaves) | 0.697 | 0.719 | 0.926 | CNN > GLM > LN |
+# | WN → NS | 0.661 | 0.694 | 0.920 | the CNN generalises best |
+# | NS → WN | 0.421 | 0.423 | 0.756 | |
 #
-# CNN − LN 0.253 ± 0.010 (WN) and 0.234 ± 0.017 (NS); CNN − GLM on NS 0.212 ± 0.009. The raw
+# CNN − LN 0.253 ± 0.015 (WN) and 0.229 ± 0.022 (NS); CNN − GLM on NS 0.207 ± 0.013. The raw
 # natural-scene gap is *smaller* than the white-noise gap (the paper's is larger), because the
 # LN leaves less to explain on natural scenes; normalised by the LN's headroom it is larger,
-# 0.777 ± 0.012 (NS) against 0.640 ± 0.018 (WN). The CNN reaches 0.902 ± 0.006 of the noise
-# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.227 ± 0.024), and
-# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.051 ± 0.035)
-# than white noise (+0.010 ± 0.010), the paper's feature-map claim. Flash latency to +5 Hz
-# falls with intensity for the truth (138 → 116 ms) and the CNN (132 → 108 ms). Early stopping
-# keeps the CNN at step 300 (median over runs; 100 to 900 of 1000), the LN at 150 and the GLM
-# at 212 (of 600, validated every 25 steps).
+# 0.755 ± 0.032 (NS) against 0.642 ± 0.023 (WN). The CNN reaches 0.896 ± 0.007 of the noise
+# ceiling, stays ahead of the LN at every training-set size (smallest gap 0.229 ± 0.022), and
+# four times the first-layer feature maps (2 → 8) help natural scenes more (+0.035 ± 0.028)
+# than white noise (+0.014 ± 0.008), the paper's feature-map claim. Flash latency to +5 Hz
+# falls with intensity for the truth (138 → 116 ms) and the CNN (124 → 116 ms). Early stopping
+# keeps the CNN at step 350 (median over runs; 100 to 800 of 1000), the LN at 125 and the GLM
+# at 225 (of 600, validated every 25 steps).
 
 # %%
 import time
@@ -389,30 +389,34 @@ if utils.in_notebook():
 # valid convolutions (16 → 10 → 6 px), noise ξ in training only, $\hat r$ the expected count per
 # bin. `apply_conv` is the reference, with `lax.conv_general_dilated`. `apply_cnn`, used for
 # training, writes each convolution as one matrix product, channels last (NHWC) throughout.
-# Stack the k row shifts of the input, $R_{y,d_y,x,i} = a_{y+d_y,x,i}$, and the kernel becomes
-# a banded matrix B over (d_y, x, i) × (x', o), nonzero where $0 \le x - x' < k$:
+# Cut the input's columns into `tiles` strips s of X'/tiles + k − 1 columns each (the last
+# padded with zeros), stack the k row shifts of each strip,
+# $R_{(s,y),(d_y,x,i)} = a_{y+d_y,\ s X'/\mathrm{tiles} + x,\ i}$, and the kernel becomes a
+# banded matrix B over (x', o) × (d_y, x, i), nonzero where $0 \le x - x' < k$:
 #
-# $$(W * a)_{y,x',o} = \sum_{d_y, x, i} R_{y,d_y,x,i}\, B_{(d_y,x,i),(x',o)},\qquad
-#   B_{(d_y,x,i),(x',o)} = W_{d_y,\,x-x',\,i,\,o}\ [0 \le x - x' < k].$$
+# $$(W * a)_{y,\ s X'/\mathrm{tiles} + x',\ o} = \sum_{d_y, x, i} R_{(s,y),(d_y,x,i)}\,
+#   B_{(x',o),(d_y,x,i)},\qquad B_{(x',o),(d_y,x,i)} = W_{d_y,\,x-x',\,i,\,o}\
+#   [0 \le x - x' < k].$$
 #
-# Every contracted axis (d_y, x, i) is contiguous in R, and the output comes out as (y, x', o):
-# no transposes around the product. The band wastes the zeros: a row of B sees all X input
-# columns where k would do. Cutting the output columns into `tiles` strips, each with its own
-# X'/tiles + k − 1 input columns, leaves less of them: at full size the first layer's product
-# is (2·B·10) × 1232 times 1232 × 40 with two strips, against (B·10) × 1792 times 1792 × 80 with
-# one (7 of 11 entries used instead of 7 of 16).
+# The contracted axes (d_y, x, i) are the last of both R and B. The band wastes its zeros: a row
+# of B sees a strip's X'/tiles + k − 1 input columns where k would do. More strips waste less
+# but copy more: at full size the first layer's product is (2·B·10) × 1232 times 1232 × 40 with
+# two strips (7 of 11 entries used), against (B·10) × 1792 times 1792 × 80 with one (7 of 16).
 #
 # > Measured at full size (batch 128, 16 frames of 16 × 16, one Adam step with the training
-# > noise, a new batch each step, 100 steps in one scan; whole processes interleaved, 3 rounds,
-# > ms per step, pinned to one core): this form 13.7–13.9, PyTorch 2.13 (CPU, one thread, the
-# > same model and step) 8.6–8.8, so ours takes **1.58–1.60× PyTorch's time**: the goal of
-# > matching it is not reached. An earlier comparison (1.27–1.35×) fed the same batch every
-# > step, which let XLA build the first layer's shifted rows once, outside the loop: a fair
-# > step must build them each time. Drawing the noise ξ flat (`noisy_relu`) instead of in the
-# > activations' shape took the step from 15.4–15.9 to 13.7–13.9 ms; without noise it takes
-# > about 3 ms less. `lax.conv_general_dilated` for both layers: about 10× slower (136 ms);
-# > for layer 2 alone, 27 ms. Earlier timings, with the same batch every step: the first
-# > edition's banded form (channels first, one strip) 1.4× slower than this one.
+# > noise, a new batch each step, 100 steps in one scan; processes interleaved, 3 rounds, ms
+# > per step, best of 5 scans per process, pinned to one core): this form 9.3–9.6, PyTorch 2.13
+# > (CPU, one thread, the same model and step, its noise drawn in the step) 10.0–10.8, so ours
+# > takes **0.89–0.95× PyTorch's time** (per round), and 0.60–0.63× the previous form's
+# > (15.0–15.8 ms, the one before this edition's last change).
+# > What each change bought (single runs, one after another, same harness, ms per step): the
+# > previous form, which stacked the row shifts of the whole input and then cut strips from
+# > them, 14.5–14.7; the band stored as (x', o) × (d_y, x, i) instead of its transpose, 12.3–12.6
+# > (the kernel's gradient dOutᵀR then comes out in the layout XLA computes fast: 2.9 against
+# > 5.0 ms for that one product); the noise drawn before each block of 100 steps (below) and
+# > the strips cut before the row shifts, 9.1–9.2 (the two copies took 1.0 and 1.3 ms, against
+# > 2.9 and 1.5 ms). With ξ = 0 and no draw the step takes 8.4 ms. `lax.conv_general_dilated`:
+# > about 10× slower for both layers (136 ms), 27 ms for layer 2 alone.
 
 
 # %%
@@ -646,6 +650,13 @@ def spike_triggered_average(stimulus: jax.Array, spikes: jax.Array, history: int
 # > at full size), so one product x · [w_LN | w_GLM] reads it once. One run, 100 steps, 3
 # > rounds, ms per step: one model alone 6.0–6.6, both in one product 6.8–7.2, both in two
 # > products 10.4–11.8.
+#
+# > The CNN's training noise ξ is drawn for a whole block of steps before the block runs
+# > (`training_noise`), with `utils.normal`: the numbers of `jax.random.normal`, bit for bit, but
+# > with threefry's 20 rounds written out, which XLA on a CPU fuses into one pass (10⁵ normals
+# > in 0.42 against 0.65 ms, one core). Drawn inside each step instead, the step took 10.5 ms
+# > with `jax.random.normal` and 17.9 ms with `utils.normal` (XLA fuses the draw into the layers
+# > that read ξ), against 9.1–9.2 ms drawn before the block (single runs, the harness above).
 
 
 # %%
@@ -997,11 +1008,13 @@ def fit_and_test(cfg: Config, data: dict, runs: dict, key: jax.Array, t0: float)
 # > not be retrieved to quote them, notes §3); only the ordering and the directions carry
 # > over.
 #
-# > The GLM scores slightly *below* the LN at quick size (white noise 0.545 against 0.560,
-# > natural scenes 0.785 against 0.787; 3 seeds). The Monte Carlo average of its simulation
-# > is not the reason: with 400 trials instead of `glm_trials` = 20 it reaches 0.549 and 0.793
-# > (a side check, same fits). Its stimulus part alone, η set to 0, scores 0.582 on white
-# > noise, above the LN: what costs ρ is running the fitted history filter on the GLM's own
+# > The GLM barely beats the LN: at quick size white noise 0.557 against 0.559, natural scenes
+# > 0.787 against 0.783; at full size 0.602 against 0.606 and 0.719 against 0.697 (3 seeds).
+# > A side check on an earlier version's quick fits, where the GLM scored 0.545 against the
+# > LN's 0.560 on white noise and 0.785 against 0.787 on natural scenes: the Monte Carlo
+# > average of its simulation is not the reason, with 400 trials instead of `glm_trials` = 20
+# > it reached 0.549 and 0.793 (same fits). Its stimulus part alone, η set to 0, scored 0.582
+# > on white noise, above the LN: what costs ρ is running the fitted history filter on the GLM's own
 # > spikes. Fitted one step ahead on the recorded spikes, η comes out weaker than the truth's
 # > at lag 1 (seed 0, white noise: −1.2 to −1.5 against −3) with spurious negative weights at
 # > lags 4–5, and the free-running simulation carries that error into the trial average.
@@ -1226,8 +1239,9 @@ def plot_feature_maps(ax: plt.Axes, cfg: Config, rho: dict, widths: dict) -> Non
 # a 40-ms full-field flash of ±2 lies far outside its training movies (independent ±1 checkers
 # or 0.34-std dead leaves), and the run names the largest peak mismatch, by ratio, over cells and
 # flashes in its result line, in panel (f) and in the JSON's `flash_peak_mismatch` (in the full
-# run the ON-OFF cell 5 at a −2 flash: CNN 9 Hz, truth 22 Hz). Panel (f) shows a larger one in
-# hertz: at the +2 flash the CNN's ON cell peaks near 150 Hz, the truth's near 70 Hz.
+# run the OFF cell 7 at a +2 flash: CNN 156 Hz, truth 46 Hz). Panel (f) shows two more: at the
+# +2 flash the CNN's ON cell 1 peaks near 105 Hz, the truth's near 70 Hz; at the −2 flash the
+# CNN's OFF cell 0 near 90 Hz, the truth's near 40 Hz.
 #
 # Integrated gradients attribute a cell's rate to the first-layer channels c, along the
 # straight path from the activations $a_0$ for gray to those for the flash, a; they sum to
@@ -1235,6 +1249,11 @@ def plot_feature_maps(ax: plt.Axes, cfg: Config, rho: dict, widths: dict) -> Non
 #
 # $$A_c = \sum_{x,y} (a - a_0)_{x,y,c}\int_0^1 \frac{\partial \hat r_j}{\partial a_{x,y,c}}
 #   \Big|_{a_0 + \alpha(a - a_0)} d\alpha.$$
+#
+# The completeness error is reported relative to $\sum_c |A_c|$, the size of the terms summed,
+# not to $|\hat r(a) - \hat r(a_0)|$: where a cell barely responds the attributions cancel and
+# the latter is ill-conditioned (quick run, the ON cell 1 at the −2 flash: a change of 0.0026
+# counts per bin, an error of 1e-4, which is 4.2% of the change but 0.4% of $\sum_c |A_c|$).
 
 
 # %%
@@ -1312,7 +1331,7 @@ def flashes(cfg: Config, params: dict, key: jax.Array) -> dict:
             per[f"latency_{name}_weak_ms"][0] - per[f"latency_{name}_strong_ms"][0]
         ]
     peak_ratio = cnn.max(1) / np.maximum(truth.max(1), 1e-6)  # (flashes, cells)
-    completeness = np.abs(attr.sum(-1) - delta) / np.maximum(np.abs(delta), 1e-6)
+    completeness = np.abs(attr.sum(-1) - delta) / np.maximum(np.abs(attr).sum(-1), 1e-6)
     per["flash_peak_ratio_cnn_to_true_max"] = [peak_ratio.max()]
     per["flash_peak_ratio_cnn_to_true_min"] = [peak_ratio.min()]
     per["ig_completeness_max_rel_error"] = [completeness.max()]

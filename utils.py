@@ -293,8 +293,9 @@ def normal(key: jax.Array, shape: tuple) -> jax.Array:
         x0 = x0 + keys[(i + 1) % 3]
         x1 = x1 + keys[(i + 2) % 3] + np.uint32(i + 1)
     bits = x0 ^ x1
-    # as jax.random.uniform on (-1, 1): 23 mantissa bits give [1, 2), minus 1, scaled
-    one_two = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32)
+    # as jax.random.uniform on (-1, 1): 23 random mantissa bits under the exponent of 1.0 give a
+    # float in [1, 2); minus 1, scaled to (-1, 1), then the inverse error function
+    one_two = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32)
     lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
     u = jnp.maximum(lo, (one_two - 1.0) * (np.float32(1.0) - lo) + lo)
     return (np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)).reshape(shape)

@@ -537,7 +537,8 @@ def test_quick_run_claims(quick):
     assert m["cnn_frac_ceiling"].mean() >= 0.80
     assert np.all(m["ceiling_wn"] < 0.95)
     # flashes: a stronger flash crosses threshold sooner, in the truth and in the CNN; the
-    # integrated gradients add up to the rate change within 2% (notes §4.12)
+    # integrated gradients add up to the rate change within 2% (notes §4.12) of their summed
+    # size Σ_c |A_c| (for a responding cell, about the rate change itself)
     assert m["latency_shortening_true_ms"][0] > 0 and m["latency_shortening_cnn_ms"][0] > 0
     assert m["ig_completeness_max_rel_error"][0] <= 0.02
 
