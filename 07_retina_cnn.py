@@ -348,19 +348,25 @@ def make_data(key: jax.Array, cfg: Config) -> dict:
     """One seed's data, class axis first (CLASSES): train, val and test movies (stim_*) with one
     trial of spikes (spikes_*); for the test segment the true rate in Hz (the mean rate of
     cfg.truth_trials trials) and the PSTH (mean count of cfg.repeats other trials)."""
+    keys = jnp.stack([jax.random.split(jax.random.fold_in(key, c), 6) for c in range(len(CLASSES))])
     out = {}
-    for c, stim_fn in enumerate((white_noise, natural_movie)):
-        keys = jax.random.split(jax.random.fold_in(key, c), 6)
-        for i, name in enumerate(("train", "val", "test")):
-            s = stim_fn(keys[2 * i], getattr(cfg, f"{name}_frames"), cfg)
-            trials = 1 + (cfg.repeats + cfg.truth_trials - 1) * (name == "test")
-            counts, rates = spike_trains(keys[2 * i + 1], ganglion_drive(s, cfg), cfg, trials)
-            out.setdefault(f"stim_{name}", []).append(s)
-            out.setdefault(f"spikes_{name}", []).append(counts[0])
-        K = cfg.repeats
-        out.setdefault("psth", []).append(counts[:K].mean(0))
-        out.setdefault("rate_test", []).append(rates[K:].mean(0))
-    return {k: jnp.stack(v) for k, v in out.items()}
+    for i, name in enumerate(("train", "val", "test")):
+        frames = getattr(cfg, f"{name}_frames")
+        wn = white_noise(keys[0, 2 * i], frames, cfg)
+        ns = natural_movie(keys[1, 2 * i], frames, cfg)
+        trials = 1 + (cfg.repeats + cfg.truth_trials - 1) * (name == "test")
+
+        def retina(movie_key):  # both classes through one compiled copy of the retina
+            movie, k = movie_key
+            return spike_trains(k, ganglion_drive(movie, cfg), cfg, trials)
+
+        out[f"stim_{name}"] = jnp.stack([wn, ns])
+        counts, rates = lax.map(retina, (out[f"stim_{name}"], keys[:, 2 * i + 1]))
+        out[f"spikes_{name}"] = counts[:, 0]
+    K = cfg.repeats  # the test segment's trials: K for the PSTH, the rest for the true rate
+    out["psth"] = counts[:, :K].mean(1)
+    out["rate_test"] = rates[:, K:].mean(1)
+    return out
 
 
 # %% [markdown]
