@@ -413,8 +413,8 @@ if utils.in_notebook():
 # > noise, a new batch each step, 100 steps in one scan; processes interleaved, 3 rounds, ms
 # > per step, best of 5 scans per process, pinned to one core): this form 9.3–9.6, PyTorch 2.13
 # > (CPU, one thread, the same model and step, its noise drawn in the step) 10.0–10.8, so ours
-# > takes **0.89–0.95× PyTorch's time** (per round), and 0.60–0.63× the previous form's
-# > (15.0–15.8 ms, the one before this edition's last change).
+# > takes **0.89–0.95× PyTorch's time** (per round), and 0.60–0.63× the time of the previous
+# > form, described next (15.0–15.8 ms).
 # > What each change bought (single runs, one after another, same harness, ms per step): the
 # > previous form, which stacked the row shifts of the whole input and then cut strips from
 # > them, 14.5–14.7; the band stored as (x', o) × (d_y, x, i) instead of its transpose, 12.3–12.6
@@ -467,8 +467,8 @@ def cnn_noise_shapes(cfg: Config, batch: int) -> tuple:
 
 def conv_matmul(a: jax.Array, w: jax.Array, tiles: int = 1) -> jax.Array:
     """Valid convolution (B, Y, X, C_in) * (k, k, C_in, C_out) -> (B, Y-k+1, X-k+1, C_out) as
-    one matrix product: the k row shifts side by side, times the kernel as a banded matrix, the
-    output columns cut into `tiles` strips (zero columns pad the last strip)."""
+    one matrix product: the input's columns cut into `tiles` strips (zero columns pad the last),
+    the k row shifts of each side by side, times the kernel as a banded matrix."""
     k, _, c_in, c_out = w.shape
     B, Y, X, _ = a.shape
     Yo = Y - k + 1
