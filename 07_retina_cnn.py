@@ -1014,14 +1014,14 @@ def fit_and_test(cfg: Config, data: dict, runs: dict, key: jax.Array, t0: float)
 # > not be retrieved to quote them, notes §3); only the ordering and the directions carry
 # > over.
 #
-# > The GLM barely beats the LN: at quick size white noise 0.557 against 0.559, natural scenes
-# > 0.787 against 0.783; at full size 0.602 against 0.606 and 0.719 against 0.697 (3 seeds).
-# > A side check on an earlier version's quick fits, where the GLM scored 0.545 against the
-# > LN's 0.560 on white noise and 0.785 against 0.787 on natural scenes: the Monte Carlo
-# > average of its simulation is not the reason, with 400 trials instead of `glm_trials` = 20
-# > it reached 0.549 and 0.793 (same fits). Its stimulus part alone, η set to 0, scored 0.582
-# > on white noise, above the LN: what costs ρ is running the fitted history filter on the GLM's own
-# > spikes. Fitted one step ahead on the recorded spikes, η comes out weaker than the truth's
+# > The GLM hardly differs from the LN: slightly below it on white noise (quick size 0.557
+# > against 0.559, full size 0.602 against 0.606), above it on natural scenes (0.787 against
+# > 0.783, and 0.719 against 0.697; 3 seeds). A side check on an earlier version's quick fits
+# > (GLM 0.545 against the LN's 0.560 on white noise, 0.785 against 0.787 on natural scenes):
+# > the Monte Carlo average of its simulation is not the reason, with 400 trials instead of
+# > `glm_trials` = 20 it reached 0.549 and 0.793 (same fits). Its stimulus part alone, η set
+# > to 0, scored 0.582 on white noise, above the LN: what costs ρ is running the fitted history
+# > filter on the GLM's own spikes. Fitted one step ahead on the recorded spikes, η comes out weaker than the truth's
 # > at lag 1 (seed 0, white noise: −1.2 to −1.5 against −3) with spurious negative weights at
 # > lags 4–5, and the free-running simulation carries that error into the trial average.
 

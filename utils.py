@@ -281,6 +281,8 @@ def normal(key: jax.Array, shape: tuple) -> jax.Array:
     than 2³² numbers, and `jax_threefry_partitionable` on (the default): counters are then the
     flat index i, as the pair (0, i)."""
     n = int(np.prod(shape))
+    if n >= 2**32:
+        raise ValueError(f"utils.normal: at most 2**32 - 1 numbers per key, got shape {shape}")
     k0, k1 = jax.random.key_data(key)
     keys = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
     x0 = jnp.zeros(n, jnp.uint32) + keys[0]

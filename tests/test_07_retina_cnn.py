@@ -76,14 +76,19 @@ def tiny_params(key, dtype=jnp.float32):
     return jax.tree_util.tree_map(lambda a: a.astype(dtype) + 0.1 * (a == 0), p)  # nonzero biases
 
 
+def step_noise(key: jax.Array, cfg, batch: int, steps: int = 1) -> list:
+    """(ξ₁, ξ₂) for each of `steps` training steps, as training_noise draws them for a block."""
+    xi = rc.training_noise(key, rc.cnn_noise_shapes(cfg, batch), steps)
+    return [tuple(v[i] for v in xi) for i in range(steps)]
+
+
 def test_cnn_gradient_finite_differences():
     with jax.enable_x64(True):
         p = tiny_params(jax.random.key(0), jnp.float64)
         x = jax.random.normal(jax.random.key(1), (5, 3, 6, 6), jnp.float64)
         y = jax.random.poisson(jax.random.key(2), 0.5, (5, 2)).astype(jnp.float64)
         # the noise layers are part of the training loss
-        xi = rc.training_noise(jax.random.key(3), rc.cnn_noise_shapes(TINY, 5), 1)
-        xi = tuple(v[0].astype(jnp.float64) for v in xi)
+        xi = tuple(v.astype(jnp.float64) for v in step_noise(jax.random.key(3), TINY, 5)[0])
 
         @jax.jit  # one compilation instead of hundreds of op-by-op ones
         def loss(p):
@@ -117,7 +122,7 @@ def test_matmul_form_equals_convolution():
     a, b = rc.apply_cnn(p, x), rc.apply_conv(p, x)
     assert float(jnp.std(a)) > 1e-3
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    xi = tuple(v[0] for v in rc.training_noise(jax.random.key(6), rc.cnn_noise_shapes(cfg, 7), 1))
+    xi = step_noise(jax.random.key(6), cfg, 7)[0]  # the same noise in both forms
     np.testing.assert_allclose(
         rc.apply_cnn(p, x, None, xi, 0.1), rc.apply_conv(p, x, None, xi, 0.1), rtol=1e-4, atol=1e-5
     )
@@ -467,11 +472,11 @@ def test_same_seed_same_data_and_training():
     p = rc.init_cnn(jax.random.key(20), cfg, jnp.full(cfg.n_cells, 0.2))
     x = jax.vmap(rc.windows, (None, 0, None))(a["stim_test"][0], jnp.arange(20, 30), cfg.history)
     clean = rc.apply_cnn(p, x)
-    xi = rc.training_noise(jax.random.key(0), rc.cnn_noise_shapes(cfg, 10), 2)
-    noisy = rc.apply_cnn(p, x, None, (xi[0][0], xi[1][0]), 0.1)
+    xi = step_noise(jax.random.key(0), cfg, 10, steps=2)
+    noisy = rc.apply_cnn(p, x, None, xi[0], 0.1)
     assert not np.allclose(clean, noisy)  # noise in training, ...
     # ... new at every step of a block, ...
-    assert not np.allclose(noisy, rc.apply_cnn(p, x, None, (xi[0][1], xi[1][1]), 0.1))
+    assert not np.allclose(noisy, rc.apply_cnn(p, x, None, xi[1], 0.1))
     # ... none without ξ, whatever σ says ...
     np.testing.assert_array_equal(rc.apply_cnn(p, x, None, None, 0.1), clean)
     # ... and none at test: predict (output i is the window ending at frame H − 1 + i) equals
