@@ -14,6 +14,7 @@ import textwrap
 import types
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -380,6 +381,28 @@ def test_normal_is_jax_random_normal_bit_for_bit():
         for shape in ((1,), (7,), (3, 5, 2), (10_001,)):
             ours = jax.jit(utils.normal, static_argnums=1)(key, shape)
             np.testing.assert_array_equal(ours, jax.random.normal(key, shape))
+
+
+# Random123's known answers for threefry2x32 with 20 rounds (Salmon et al. 2011, kat_vectors):
+# (key, counter, output), each a pair of 32-bit words
+THREEFRY_KAT = (
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+)
+
+
+def test_threefry_written_out_on_cpu_gives_the_known_answers():
+    """unroll_threefry_on_cpu takes under the pinned JAX (no while loop left in the lowered
+    program), and the hash it emits gives Random123's known answers."""
+    assert utils.unroll_threefry_on_cpu()
+    lowered = jax.jit(lambda k: jax.random.bits(k, (4,))).lower(jax.random.key(0)).as_text()
+    if jax.default_backend() == "cpu":
+        assert "while" not in lowered
+    hash_pair = jax.jit(jax.extend.random.threefry_2x32)
+    for key, counter, expected in THREEFRY_KAT:
+        out = hash_pair(np.asarray(key, np.uint32), np.asarray(counter, np.uint32))
+        np.testing.assert_array_equal(out, np.asarray(expected, np.uint32))
 
 
 def test_clip_by_global_norm():
