@@ -567,13 +567,19 @@ def parameter_count(params: dict) -> int:
 
 
 def init_ln(key: jax.Array, cfg: Config, ybar: jax.Array) -> dict:
-    """Zero filters, bias softplus⁻¹(ȳ): the best constant model."""
-    return dict(w=jnp.zeros((cfg.history * cfg.n_pix**2, cfg.n_cells)), b=jnp.log(jnp.expm1(ybar)))
+    """Zero filters w (cells, H·N·N), one per row; bias softplus⁻¹(ȳ): the best constant model."""
+    return dict(w=jnp.zeros((cfg.n_cells, cfg.history * cfg.n_pix**2)), b=jnp.log(jnp.expm1(ybar)))
+
+
+def times_rows(x: jax.Array, w: jax.Array) -> jax.Array:
+    """vec(x_b) · w_j for windows x (B, H, N, N) and filters stored as rows w (J, H·N·N): (B, J).
+    Both operands contract their last axis, as in conv_matmul (see the remark below)."""
+    return lax.dot_general(x.reshape(x.shape[0], -1), w, (((1,), (1,)), ((), ())))
 
 
 def ln_drive(params: dict, x: jax.Array) -> jax.Array:
     """w · vec(X) + b for windows x (B, H, N, N): (B, cells)."""
-    return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
+    return times_rows(x, params["w"]) + params["b"]
 
 
 def apply_ln(params: dict, x: jax.Array, past=None, xi=None, noise: float = 0.0) -> jax.Array:
@@ -742,7 +748,7 @@ def apply_baselines(params: dict, x: jax.Array, past: jax.Array, xi=None, noise:
     product x · [w_LN | w_GLM] reads the windows once (see above)."""
     ln, glm = params["ln"], params["glm"]
     J = ln["b"].shape[0]
-    u = x.reshape(x.shape[0], -1) @ jnp.concatenate([ln["w"], glm["w"]], 1)
+    u = times_rows(x, jnp.concatenate([ln["w"], glm["w"]]))
     history = jnp.sum(glm_eta(glm) * past, 1)
     return jax.nn.softplus(jnp.stack([u[:, :J] + ln["b"], u[:, J:] + glm["b"] + history], 1))
 

@@ -135,9 +135,9 @@ def test_baselines_side_by_side_equal_ln_and_glm_alone():
     cfg = replace(TINY, glm_lags=3)
     D = cfg.history * cfg.n_pix**2
     ks = jax.random.split(jax.random.key(60), 6)
-    ln = dict(w=jax.random.normal(ks[0], (D, cfg.n_cells)), b=jax.random.normal(ks[1], (2,)))
+    ln = dict(w=jax.random.normal(ks[0], (cfg.n_cells, D)), b=jax.random.normal(ks[1], (2,)))
     glm = dict(
-        w=jax.random.normal(ks[2], (D, cfg.n_cells)),
+        w=jax.random.normal(ks[2], (cfg.n_cells, D)),
         b=jax.random.normal(ks[3], (2,)),
         eta=0.02 * jax.random.normal(ks[4], (cfg.glm_lags, cfg.n_cells)),
     )
@@ -167,7 +167,7 @@ def test_windows_and_models_are_causal():
     s2 = s.at[future:].set(-s[future:])  # change only the future
     p_cnn = rc.init_cnn(jax.random.key(8), cfg, jnp.full(cfg.n_cells, 0.2))
     p_ln = dict(
-        w=jax.random.normal(jax.random.key(9), (H * 144, cfg.n_cells)), b=jnp.zeros(cfg.n_cells)
+        w=jax.random.normal(jax.random.key(9), (cfg.n_cells, H * 144)), b=jnp.zeros(cfg.n_cells)
     )
     for apply, p in ((rc.apply_cnn, p_cnn), (rc.apply_ln, p_ln)):
         a = rc.predict(apply, p, s, H, block=16)
