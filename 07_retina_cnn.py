@@ -38,10 +38,10 @@
 # feature-map claim at two widths, and, from Tanaka et al., flash latencies and attributions.
 #
 # **Run:** `python 07_retina_cnn.py` (the full size: 16×16 pixels, 8 cells, 10 min of data;
-# about 5 min on 2 CPU cores) or `--quick` (a smaller retina, about a minute).
+# under 4 min on 2 CPU cores) or `--quick` (a smaller retina, under a minute).
 #
 # **Expect** (full run, 3 seeds, mean correlation ρ with the true rate on held-out movies;
-# 321 s cold on 2 busy CPU cores; the paper's magnitudes come from a real retina, so only its
+# 219 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
 # orderings and directions are compared):
 #
 # | ρ, train → test | LN | GLM | CNN | paper (Figs. 2, 3B) |
@@ -653,9 +653,10 @@ def spike_triggered_average(stimulus: jax.Array, spikes: jax.Array, history: int
 # `n_used` frames of its movie, so one compile serves every data size.
 #
 # > On a CPU the runs go one after another (`lax.map`), not vmapped: a block of 12 runs took
-# > 11.2 s in turn against 15.5 s vmapped for the CNN, and 3.1 against 4.7 s for the LN (full
-# > size, best of 3). Vmapped, each matrix product gains a batch axis of runs; in turn, each is
-# > the plain product the layout above was tuned for. On an accelerator the runs are vmapped.
+# > 10.2–11.3 s in turn against 13.4–15.0 s vmapped for the CNN, and 1.1–1.5 against 1.9–2.2 s
+# > for the LN and GLM (full size, best of 3, 2 rounds). Vmapped, each matrix product gains a
+# > batch axis of runs; in turn, each is the plain product the layout above was tuned for. On
+# > an accelerator the runs are vmapped.
 #
 # > The LN and the GLM train side by side, on the same batches, each kept by its own early
 # > stopping, through one product x · [w_LN | w_GLM] that reads the batch of windows (1024 ×
@@ -1543,7 +1544,8 @@ def stream_keys(seed: int) -> dict:
 
 def simulate(cfg: Config, seeds: list, key: jax.Array, t0: float) -> tuple:
     """make_data for every seed: (data with a leading seed axis, compile seconds). In turn on a
-    CPU (map_runs): that compiles in 8 s against 13 s vmapped, at quick size."""
+    CPU (map_runs), like the training runs; vmapped it compiles no faster (quick size, 5 rounds:
+    6.7–10.2 s in turn, 7.5–9.9 s vmapped)."""
     seed_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(seeds))
 
     def make_all(seed_keys):
