@@ -217,7 +217,7 @@ def test_spike_history_matches_the_stationary_closed_form():
     # the GLM's autoregressive simulation is the same kind of chain, in counts per bin
     u, eta = 0.2, -2.0
     params = dict(
-        w=jnp.zeros((QUICK.history * 144, 1)),
+        w=jnp.zeros((1, QUICK.history * 144)),
         b=jnp.full(1, u),
         eta=jnp.full((1, 1), eta / rc.ETA_SCALE),
     )
