@@ -41,8 +41,8 @@
 # under 4 min on 2 CPU cores) or `--quick` (a smaller retina, under a minute).
 #
 # **Expect** (full run, 3 seeds, mean correlation ρ with the true rate on held-out movies;
-# 219 s cold on 2 CPU cores; the paper's magnitudes come from a real retina, so only its
-# orderings and directions are compared):
+# 154 s cold on 2 quiet CPU cores, up to 219 s on a busy machine; the paper's magnitudes come
+# from a real retina, so only its orderings and directions are compared):
 #
 # | ρ, train → test | LN | GLM | CNN | paper (Figs. 2, 3B) |
 # |---|---|---|---|---|
@@ -414,7 +414,8 @@ if utils.in_notebook():
 # > per step, best of 5 scans per process, pinned to one core): this form 9.3–9.6, PyTorch 2.13
 # > (CPU, one thread, the same model and step, its noise drawn in the step) 10.0–10.8, so ours
 # > takes **0.89–0.95× PyTorch's time** (per round), and 0.60–0.63× the time of the previous
-# > form, described next (15.0–15.8 ms).
+# > form, described next (15.0–15.8 ms). Measured again on a freshly started machine (the same
+# > setup, 6 rounds, the order alternated): this form 7.4–8.1, PyTorch 8.6–10.5, 0.75–0.93×.
 # > What each change bought (single runs, one after another, same harness, ms per step): the
 # > previous form, which stacked the row shifts of the whole input and then cut strips from
 # > them, 14.5–14.7; the band stored as (x', o) × (d_y, x, i) instead of its transpose, 12.3–12.6

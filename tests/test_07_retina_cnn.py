@@ -533,7 +533,7 @@ def test_quick_run_claims(quick):
     # ahead at every data size (Fig. 3A): on the mean over seeds. Per seed it can miss at quick
     # size: one seed's 1-min CNN (300 steps, 4 cells) came out 0.039 below its LN once the runs
     # trained in turn (a different float order, so a different trajectory); the full run
-    # printed a smallest gap of 0.227 ± 0.024 (3 seeds, every size)
+    # printed a smallest gap of 0.229 ± 0.022 (3 seeds, every size)
     assert np.mean(m["cnn_minus_ln_worst_size"]) > 0
     assert np.all(m["ln_off_wn"] > m["ln_onoff_wn"])
     assert np.all(m["ln_off_wn"] - m["ln_onoff_wn"] > m["cnn_off_wn"] - m["cnn_onoff_wn"])
