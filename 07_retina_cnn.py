@@ -829,76 +829,84 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
-def make_train(cfg: Config, model: Model) -> tuple:
-    """(init(key, data, run), blocks(state, data, run, num_blocks)) for one Model.
+def model_loss(cfg: Config, model: Model, params: dict, x, past, y, xi) -> jax.Array:
+    """The members' Poisson losses on one batch, summed so that each member's gradient is its
+    own, plus the L2 term on every weight ("w…") of every member."""
+    weights = [v for p in params.values() for k, v in p.items() if k.startswith("w")]
+    l2_term = sum(jnp.sum(v**2) for v in weights)
+    rate = model.apply(params, x, past, xi, cfg.noise)  # (B, members, cells)
+    return len(model.members) * poisson_nll(rate, y[:, None]) + model.l2 * l2_term
+
+
+def init_state(cfg: Config, model: Model, key: jax.Array, data: dict, run: dict) -> TrainState:
+    """One run's start: the members initialised with the mean count ȳ of the training data the
+    run uses (its first run["n_used"] bins).
 
     data: make_data's arrays with axes (seed, class, ...), shared by all runs; run: dict(seed,
-    cls, n_used) of one run's scalars. A block is model.eval_every Adam steps, then validation."""
-    opt_init, opt_update = utils.adam(model.lr)
-    H = cfg.history
-    first = H - 1  # the first bin with a full window
+    cls, n_used) of one run's scalars."""
+    spikes = data["spikes_train"][run["seed"], run["cls"]]
+    used = jnp.arange(spikes.shape[0])[:, None] < run["n_used"]
+    ybar = jnp.sum(jnp.where(used, spikes, 0.0), 0) / run["n_used"]
+    params = model.init(key, cfg, jnp.maximum(ybar, 1e-3))
+    opt_init, _ = utils.adam(model.lr)
     n_members = len(model.members)
+    best_val = jnp.full(n_members, jnp.inf)
+    best_step = jnp.zeros(n_members, jnp.int32)
+    return TrainState(params, opt_init(params), params, best_val, best_step, 0, key)
 
-    def loss_fn(params, x, past, y, xi):
-        """The members' losses summed, so that each member's gradient is its own."""
-        weights = [v for p in params.values() for k, v in p.items() if k.startswith("w")]
-        l2_term = sum(jnp.sum(v**2) for v in weights)
-        rate = model.apply(params, x, past, xi, cfg.noise)
-        return n_members * poisson_nll(rate, y[:, None]) + model.l2 * l2_term
 
-    def init(key, data, run):
-        spikes = data["spikes_train"][run["seed"], run["cls"]]
-        used = jnp.arange(spikes.shape[0])[:, None] < run["n_used"]
-        ybar = jnp.sum(jnp.where(used, spikes, 0.0), 0) / run["n_used"]
-        params = model.init(key, cfg, jnp.maximum(ybar, 1e-3))
-        best_val = jnp.full(n_members, jnp.inf)
-        best_step = jnp.zeros(n_members, jnp.int32)
-        return TrainState(params, opt_init(params), params, best_val, best_step, 0, key)
+def train_step(cfg: Config, model: Model, data: dict, run: dict, state: TrainState, xi) -> tuple:
+    """One Adam step on a new batch of windows drawn from the run's movie: (state, loss)."""
+    H = cfg.history
+    key, k_t = jax.random.split(state.key)
+    S, C, T, N = data["stim_train"].shape[:4]
+    # index the movies as one flat (S·C·T, N, N) array: no per-run copy of a whole movie
+    t = jax.random.randint(k_t, (model.batch,), H - 1, run["n_used"])
+    t = t + (run["seed"] * C + run["cls"]) * T
+    x = jax.vmap(windows, (None, 0, None))(data["stim_train"].reshape(-1, N, N), t, H)
+    flat_spikes = data["spikes_train"].reshape(-1, cfg.n_cells)
+    past = jax.vmap(past_spikes, (None, 0, None))(flat_spikes, t, model.lags)
+    loss_fn = partial(model_loss, cfg, model)
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, x, past, flat_spikes[t], xi)
+    _, opt_update = utils.adam(model.lr)
+    params, opt = opt_update(grads, state.opt, state.params)
+    return state._replace(params=params, opt=opt, step=state.step + 1, key=key), loss
 
-    def step(state, xi, data, run):
-        key, k_t = jax.random.split(state.key)
-        S, C, T, N = data["stim_train"].shape[:4]
-        # index the movies as one flat (S·C·T, N, N) array: no per-run copy of a whole movie
-        t = jax.random.randint(k_t, (model.batch,), H - 1, run["n_used"])
-        t = t + (run["seed"] * C + run["cls"]) * T
-        x = jax.vmap(windows, (None, 0, None))(data["stim_train"].reshape(-1, N, N), t, H)
-        flat_spikes = data["spikes_train"].reshape(-1, cfg.n_cells)
-        past = jax.vmap(past_spikes, (None, 0, None))(flat_spikes, t, model.lags)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, x, past, flat_spikes[t], xi)
-        params, opt = opt_update(grads, state.opt, state.params)
-        return state._replace(params=params, opt=opt, step=state.step + 1, key=key), loss
 
-    def validate(state, data, run):
-        stim = data["stim_val"][run["seed"], run["cls"]]
-        spikes = data["spikes_val"][run["seed"], run["cls"]]
-        pred = predict(model.apply, state.params, stim, H, spikes, model.lags)
-        val = jax.vmap(poisson_nll, (1, None))(pred, spikes[first:])  # (members,)
-        better = val < state.best_val
-        best = {
-            name: jax.tree_util.tree_map(
-                partial(jnp.where, better[i]), state.params[name], state.best[name]
-            )
-            for i, name in enumerate(model.members)
-        }
-        best_step = jnp.where(better, state.step, state.best_step)
-        best_val = jnp.minimum(val, state.best_val)
-        return state._replace(best=best, best_val=best_val, best_step=best_step), val
+def validate(cfg: Config, model: Model, data: dict, run: dict, state: TrainState) -> tuple:
+    """Each member's validation loss; a member that improved is kept as its `best`."""
+    first = cfg.history - 1  # the first bin with a full window
+    stim = data["stim_val"][run["seed"], run["cls"]]
+    spikes = data["spikes_val"][run["seed"], run["cls"]]
+    pred = predict(model.apply, state.params, stim, cfg.history, spikes, model.lags)
+    val = jax.vmap(poisson_nll, (1, None))(pred, spikes[first:])  # (members,)
+    better = val < state.best_val
+    best = {
+        name: jax.tree_util.tree_map(
+            partial(jnp.where, better[i]), state.params[name], state.best[name]
+        )
+        for i, name in enumerate(model.members)
+    }
+    best_step = jnp.where(better, state.step, state.best_step)
+    best_val = jnp.minimum(val, state.best_val)
+    return state._replace(best=best, best_val=best_val, best_step=best_step), val
 
-    def blocks(state, data, run, num_blocks):
-        def block(state, _):
-            def one_step(s, xi):
-                return step(s, xi, data, run)
 
-            key, k_noise = jax.random.split(state.key)
-            xi = training_noise(k_noise, model.noise_shapes, model.eval_every)
-            state = state._replace(key=key)
-            state, losses = lax.scan(one_step, state, xi, length=model.eval_every)
-            state, val = validate(state, data, run)
-            return state, dict(train_nll=losses.mean() / n_members, val_nll=val)
+def train_block(cfg: Config, model: Model, data: dict, run: dict, state: TrainState, _) -> tuple:
+    """model.eval_every Adam steps, their noise ξ drawn first, then validation."""
+    key, k_noise = jax.random.split(state.key)
+    xi = training_noise(k_noise, model.noise_shapes, model.eval_every)
+    state = state._replace(key=key)
+    step = partial(train_step, cfg, model, data, run)
+    state, losses = lax.scan(step, state, xi, length=model.eval_every)
+    state, val = validate(cfg, model, data, run, state)
+    return state, dict(train_nll=losses.mean() / len(model.members), val_nll=val)
 
-        return lax.scan(block, state, None, length=num_blocks)
 
-    return init, blocks
+def train_blocks(cfg: Config, model: Model, state, data: dict, run: dict, num_blocks) -> tuple:
+    """num_blocks training blocks of one run in one scan: (state, per-block losses)."""
+    block = partial(train_block, cfg, model, data, run)
+    return lax.scan(block, state, None, length=num_blocks)
 
 
 def training_noise(key: jax.Array, shapes: tuple, steps: int) -> tuple:
@@ -919,12 +927,15 @@ def train(cfg: Config, name: str, data: dict, runs: dict, key: jax.Array, t0: fl
             shown[f"val_{member}"] = float(np.mean(out["val_nll"][:, i]))
         return shown
 
-    init, blocks = make_train(cfg, model)
     keys = jax.random.split(key, runs["seed"].shape[0])
-    state = jax.jit(jax.vmap(init, (0, None, 0)))(keys, data, runs)
+    state = jax.jit(jax.vmap(partial(init_state, cfg, model), (0, None, 0)))(keys, data, runs)
 
     def run_all(state, data, runs, num_blocks):
-        return map_runs(lambda s_r: blocks(s_r[0], data, s_r[1], num_blocks), (state, runs))
+        def one_run(state_and_run):
+            state, run = state_and_run
+            return train_blocks(cfg, model, state, data, run, num_blocks)
+
+        return map_runs(one_run, (state, runs))
 
     state, _, compile_s = utils.run_chunked(
         run_all,

@@ -486,10 +486,11 @@ def test_same_seed_same_data_and_training():
     np.testing.assert_allclose(pred[rows], rc.apply_conv(p, x), rtol=1e-4, atol=1e-6)
     data = jax.tree_util.tree_map(lambda v: v[None], a)  # one seed
     run = {k: jnp.int32(v) for k, v in zip(rc.RUN_FIELDS, (0, 1, 500))}
-    init, blocks = rc.make_train(cfg, rc.model_spec(cfg, "cnn"))
+    model = rc.model_spec(cfg, "cnn")
 
     def losses(key):
-        return blocks(init(key, data, run), data, run, 2)[1]["train_nll"]
+        state = rc.init_state(cfg, model, key, data, run)
+        return rc.train_blocks(cfg, model, state, data, run, 2)[1]["train_nll"]
 
     losses = jax.jit(losses)
     np.testing.assert_array_equal(losses(jax.random.key(21)), losses(jax.random.key(21)))
