@@ -829,7 +829,9 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
-def model_loss(cfg: Config, model: Model, params: dict, x, past, y, xi) -> jax.Array:
+def model_loss(
+    cfg: Config, model: Model, params: dict, x: jax.Array, past: jax.Array, y: jax.Array, xi
+) -> jax.Array:
     """The members' Poisson losses on one batch, summed so that each member's gradient is its
     own, plus the L2 term on every weight ("w…") of every member."""
     weights = [v for p in params.values() for k, v in p.items() if k.startswith("w")]
@@ -903,7 +905,9 @@ def train_block(cfg: Config, model: Model, data: dict, run: dict, state: TrainSt
     return state, dict(train_nll=losses.mean() / len(model.members), val_nll=val)
 
 
-def train_blocks(cfg: Config, model: Model, state, data: dict, run: dict, num_blocks) -> tuple:
+def train_blocks(
+    cfg: Config, model: Model, state: TrainState, data: dict, run: dict, num_blocks: int
+) -> tuple:
     """num_blocks training blocks of one run in one scan: (state, per-block losses)."""
     block = partial(train_block, cfg, model, data, run)
     return lax.scan(block, state, None, length=num_blocks)
