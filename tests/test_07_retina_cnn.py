@@ -239,13 +239,19 @@ def ln_retina(key, cfg, T, centres, gain=1.5):
         k = rc.lag_kernel(0.04, 0.08, 0.7, cfg)[:, None, None] * G
         K.append(k / np.linalg.norm(k))
     K = jnp.asarray(np.stack(K), jnp.float32)  # (cells, H, N, N)
+    return (*ln_responses(key, cfg, T, K, gain), K)
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def ln_responses(key, cfg, T, K, gain):
+    """ln_retina's stimulus, counts and rates for filters K, compiled as one program."""
     k_s, k_n = jax.random.split(key)
     s = jax.random.normal(k_s, (T, cfg.n_pix, cfg.n_pix))
     X = jax.vmap(rc.windows, (None, 0, None))(s, jnp.arange(cfg.history - 1, T), cfg.history)
-    g = X.reshape(len(X), -1) @ K.reshape(len(centres), -1).T  # g = K·X, ~N(0, 1)
-    silent = jnp.full((cfg.history - 1, len(centres)), 10 * np.exp(-1.0))
+    g = X.reshape(len(X), -1) @ K.reshape(len(K), -1).T  # g = K·X, ~N(0, 1)
+    silent = jnp.full((cfg.history - 1, len(K)), 10 * np.exp(-1.0))
     rates = jnp.concatenate([silent, 10 * jnp.exp(gain * g - 1)])
-    return s, jax.random.poisson(k_n, rates * cfg.dt).astype(jnp.float32), rates, K
+    return s, jax.random.poisson(k_n, rates * cfg.dt).astype(jnp.float32), rates
 
 
 def cosine(a, b):
