@@ -861,7 +861,7 @@ def train_step(cfg: Config, model: Model, data: dict, run: dict, state: TrainSta
     """One Adam step on a new batch of windows drawn from the run's movie: (state, loss)."""
     H = cfg.history
     key, k_t = jax.random.split(state.key)
-    S, C, T, N = data["stim_train"].shape[:4]
+    _, C, T, N = data["stim_train"].shape[:4]  # (seeds, classes, frames, N, N)
     # index the movies as one flat (S·C·T, N, N) array: no per-run copy of a whole movie
     t = jax.random.randint(k_t, (model.batch,), H - 1, run["n_used"])
     t = t + (run["seed"] * C + run["cls"]) * T
